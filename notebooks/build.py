@@ -1,0 +1,113 @@
+"""Build the notebooks from their sources in notebooks/src (percent format), with the series'
+template around them, and optionally execute them.
+
+    python notebooks/build.py                 # rebuild every notebook (outputs are dropped)
+    python notebooks/build.py 04 --execute    # rebuild and run notebook 04 in place
+
+Source format: cells start at lines ``# %%`` (code) or ``# %% [markdown]`` (markdown lines are
+comments, ``# `` stripped). The template adds, to every notebook:
+  - an "Open in Colab" badge under the title (first markdown cell),
+  - a setup cell that installs lecture_lib only on Colab, from the repository URL kept in
+    pyproject.toml ([project.urls] Repository),
+so the URL lives in one place and every notebook starts the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def repo_url() -> str:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["urls"]["Repository"]
+
+
+def colab_badge(name: str, branch: str = "main") -> str:
+    slug = repo_url().removeprefix("https://github.com/")
+    link = f"https://colab.research.google.com/github/{slug}/blob/{branch}/notebooks/{name}"
+    return f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link})"
+
+
+def colab_setup_source(branch: str = "main") -> str:
+    return (
+        "# On Colab only: install lecture_lib (a checkout already has it from requirements.txt).\n"
+        "import sys\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    %pip install -q "lecture_lib @ git+{repo_url()}@{branch}"'
+    )
+
+
+def parse_percent(text: str) -> list[tuple[str, str]]:
+    cells, kind, lines = [], None, []
+    for line in text.splitlines():
+        m = re.fullmatch(r"# %%( \[markdown\])?\s*", line)
+        if m:
+            if kind is not None:
+                cells.append((kind, lines))
+            kind, lines = ("markdown" if m.group(1) else "code"), []
+        elif kind is not None:
+            lines.append(line)
+    if kind is not None:
+        cells.append((kind, lines))
+    out = []
+    for kind, lines in cells:
+        if kind == "markdown":
+            lines = [re.sub(r"^# ?", "", l) for l in lines]
+        out.append((kind, "\n".join(lines).strip("\n")))
+    return out
+
+
+def build(src: Path) -> nbformat.NotebookNode:
+    name = src.with_suffix(".ipynb").name
+    cells = parse_percent(src.read_text())
+    if not cells or cells[0][0] != "markdown" or not cells[0][1].startswith("# "):
+        raise ValueError(f"{src}: the first cell must be a markdown title ('# %% [markdown]' then '# # Title').")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    title, *rest = cells
+    nb.cells.append(nbformat.v4.new_markdown_cell(title[1] + "\n\n" + colab_badge(name)))
+    nb.cells.append(nbformat.v4.new_code_cell(colab_setup_source()))
+    for kind, source in rest:
+        new = nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_code_cell
+        nb.cells.append(new(source))
+    for i, cell in enumerate(nb.cells):  # stable ids keep diffs of rebuilt notebooks small
+        cell["id"] = f"c{i:03d}"
+    return nb
+
+
+def execute(nb: nbformat.NotebookNode, timeout: int = 1200) -> None:
+    from nbclient import NotebookClient
+
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("only", nargs="*", help="notebook number prefixes, e.g. 04 07 (default: all)")
+    p.add_argument("--execute", action="store_true", help="run each notebook and store its outputs")
+    args = p.parse_args(argv)
+    sources = sorted((HERE / "src").glob("[0-9][0-9]_*.py"))
+    if args.only:
+        sources = [s for s in sources if any(s.name.startswith(o) for o in args.only)]
+    for src in sources:
+        nb = build(src)
+        if args.execute:
+            print(f"executing {src.stem} ...", file=sys.stderr, flush=True)
+            execute(nb)
+        nbformat.write(nb, HERE / f"{src.stem}.ipynb")
+        print(f"wrote notebooks/{src.stem}.ipynb", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
