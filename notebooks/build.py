@@ -92,12 +92,34 @@ def execute(nb: nbformat.NotebookNode, timeout: int = 1200) -> None:
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
 
 
+def readme_table(sources: list[Path]) -> str:
+    """The README's notebook table: number, title, lecture section, Colab badge."""
+    rows = ["| # | notebook | follows | Colab |", "|---|---|---|---|"]
+    for src in sources:
+        title = parse_percent(src.read_text())[0][1]
+        name = re.match(r"# (\d\d) · (.+)", title.splitlines()[0])
+        follows = re.search(r"\*Follows (.+?)\*", title, re.S)
+        rows.append(f"| {name.group(1)} | [{name.group(2)}](notebooks/{src.stem}.ipynb) | "
+                    f"{' '.join(follows.group(1).split()) if follows else ''} | {colab_badge(src.stem + '.ipynb')} |")
+    return "\n".join(rows)
+
+
+def update_readme(sources: list[Path]) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- notebooks -->", "<!-- /notebooks -->"
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    readme.write_text(f"{head}{start}\n{readme_table(sources)}\n{end}{tail}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("only", nargs="*", help="notebook number prefixes, e.g. 04 07 (default: all)")
     p.add_argument("--execute", action="store_true", help="run each notebook and store its outputs")
     args = p.parse_args(argv)
     sources = sorted((HERE / "src").glob("[0-9][0-9]_*.py"))
+    update_readme(sources)  # the table always lists every notebook
     if args.only:
         sources = [s for s in sources if any(s.name.startswith(o) for o in args.only)]
     for src in sources:

@@ -1,0 +1,56 @@
+"""Every notebook follows the series' template, and the stored notebooks are what the sources say."""
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "notebooks"))
+import build  # noqa: E402  (notebooks/build.py)
+
+SOURCES = sorted((ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py"))
+
+
+def test_there_are_notebooks():
+    assert SOURCES
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_stored_notebook_matches_its_source_and_template(src):
+    stored_path = src.parents[1] / f"{src.stem}.ipynb"
+    assert stored_path.exists(), f"{stored_path.name} missing: run python notebooks/build.py {src.stem[:2]} --execute"
+    stored = json.loads(stored_path.read_text())
+    fresh = build.build(src)
+    assert [c["source"] if isinstance(c["source"], str) else "".join(c["source"]) for c in stored["cells"]] == \
+        [c["source"] for c in fresh.cells], f"{stored_path.name} is out of date with {src.name}: rebuild it"
+    title, colab, first = stored["cells"][0], stored["cells"][1], stored["cells"][2]
+    title_text = "".join(title["source"])
+    assert title_text.startswith("# ") and "Lecture 10" in title_text
+    assert build.colab_badge(stored_path.name) in title_text
+    assert build.repo_url() in "".join(colab["source"]) and "google.colab" in "".join(colab["source"])
+    first_src = "".join(first["source"])
+    assert first["cell_type"] == "code" and "setup(" in first_src, "first code cell must call notebook.setup()"
+    code = [c for c in stored["cells"] if c["cell_type"] == "code"]
+    assert all(c["execution_count"] is not None for c in code), "store notebooks executed"
+    assert not any(o.get("output_type") == "error" for c in code for o in c["outputs"])
+    printed = "".join("".join(o.get("text", "")) for o in first["outputs"])
+    assert printed.startswith("Hardware: "), "the first output names the hardware"
+
+
+def test_readme_names_the_repository_and_every_notebook():
+    readme = (ROOT / "README.md").read_text()
+    assert build.repo_url() in readme
+    for src in SOURCES:
+        assert f"notebooks/{src.stem}.ipynb" in readme, f"README's table lacks {src.stem}"
+        assert build.colab_badge(f"{src.stem}.ipynb") in readme
+
+
+def test_markers_stand_alone():
+    """nbval silently ignores a marker with text after it on the same line."""
+    for src in SOURCES:
+        for line in src.read_text().splitlines():
+            if re.match(r"#\s*NBVAL_", line):
+                assert re.fullmatch(r"# NBVAL_(CHECK_OUTPUT|IGNORE_OUTPUT|SKIP|RAISES_EXCEPTION)", line), \
+                    f"{src.name}: marker line {line!r} must stand alone"
