@@ -87,9 +87,22 @@ def build(src: Path) -> nbformat.NotebookNode:
 
 
 def execute(nb: nbformat.NotebookNode, timeout: int = 1200) -> None:
+    """Run every cell in a kernel started in notebooks/, then print each cell's wall time."""
+    from datetime import datetime
+
     from nbclient import NotebookClient
 
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(HERE)}}).execute()
+    finally:  # also after a failing cell: the times say where it got to
+        for i, cell in enumerate(nb.cells):
+            ex = cell.metadata.get("execution", {})
+            if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
+                t0, t1 = (datetime.fromisoformat(ex[k].replace("Z", "+00:00"))
+                          for k in ("iopub.execute_input", "shell.execute_reply"))
+                print(f"  cell {i:>2}: {(t1 - t0).total_seconds():7.2f} s", file=sys.stderr)
+            cell.metadata.pop("execution", None)  # keep stored notebooks free of timestamps
 
 
 def readme_table(sources: list[Path]) -> str:
@@ -126,7 +139,13 @@ def main(argv=None) -> None:
         nb = build(src)
         if args.execute:
             print(f"executing {src.stem} ...", file=sys.stderr, flush=True)
-            execute(nb)
+            try:
+                execute(nb)
+            except Exception:
+                failed = HERE / f"{src.stem}.failed.ipynb"
+                nbformat.write(nb, failed)
+                print(f"FAILED: partial run written to {failed}", file=sys.stderr)
+                raise
         nbformat.write(nb, HERE / f"{src.stem}.ipynb")
         print(f"wrote notebooks/{src.stem}.ipynb", file=sys.stderr)
 

@@ -42,10 +42,11 @@ env = setup(seed=0)
 cfg = get_config(env.size(cpu="small", gpu="medium"))
 model = Transformer(cfg).to(env.device, env.dtype).eval()
 P = 8  # prompt length
-T_max = env.size(cpu=256, gpu=2048)  # tokens to generate
-prompt = torch.randint(0, cfg.V, (1, P), device=env.device)
+T_max = env.size(cpu=256, gpu=512)  # tokens to generate
+B = env.size(cpu=1, gpu=64)  # sequences decoded together (why 64 on a GPU: see section 2)
+prompt = torch.randint(0, cfg.V, (B, P), device=env.device)
 print(f"{cfg.name}: L={cfg.L} D={cfg.D} N={cfg.N} K={cfg.K} H={cfg.H} F={cfg.F} V={cfg.V}, "
-      f"{model.num_params() / 1e6:.1f}M parameters; prompt {P} tokens, generating {T_max}")
+      f"{model.num_params() / 1e6:.1f}M parameters; B={B}, prompt {P} tokens, generating {T_max}")
 
 # %% [markdown]
 # ## 1. Same tokens, either way
@@ -72,6 +73,13 @@ del check_model
 # token T, so one long run gives the whole curve. The cached way runs three times and the naive way
 # (slow on a CPU) once or twice; we keep the fastest time of each step, the least disturbed by the
 # rest of the machine.
+#
+# On a GPU we decode B = 64 sequences at once. A decode step of this model in eager PyTorch
+# launches a few hundred small kernels, each costing microseconds of Python and driver time
+# whatever its size; at B = 1 that fixed cost per step (milliseconds, printed below) would hide
+# the extra work of the naive way until very long sequences. A batch multiplies the naive way's
+# FLOPs by B while the cached step stays launch-bound, so the difference shows at lengths that
+# run in seconds.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -87,6 +95,7 @@ T = np.arange(1, T_max + 1)
 naive_total, cached_total = np.cumsum(naive_steps), np.cumsum(cached_steps)
 print(f"generating {T_max} tokens: naive {naive_total[-1]:.2f} s, cached {cached_total[-1]:.2f} s "
       f"({naive_total[-1] / cached_total[-1]:.1f}x faster with the cache)")
+print(f"median step: naive {np.median(naive_steps[1:]) * 1e3:.2f} ms, cached {np.median(cached_steps[1:]) * 1e3:.2f} ms")
 
 # %% [markdown]
 # The FLOPs of the same runs, counted by the library from the model's shapes (every matmul, the LM
@@ -95,8 +104,8 @@ print(f"generating {T_max} tokens: naive {naive_total[-1]:.2f} s, cached {cached
 # %%
 # NBVAL_IGNORE_OUTPUT
 Ts = np.unique(np.geomspace(32, T_max, 10).astype(int))  # past the first steps, where the prompt dominates
-flops_naive = np.array([analysis.generation_flops_naive(cfg, P, int(t)) for t in Ts], float)
-flops_cached = np.array([analysis.generation_flops_cached(cfg, P, int(t)) for t in Ts], float)
+flops_naive = np.array([analysis.generation_flops_naive(cfg, P, int(t), B=B) for t in Ts], float)
+flops_cached = np.array([analysis.generation_flops_cached(cfg, P, int(t), B=B) for t in Ts], float)
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
 ax1.plot(T[1:], naive_steps[1:] * 1e3, ".", ms=3, color=COLORS["naive"], label="naive: whole prefix every step")
@@ -127,10 +136,10 @@ print(f"fitted slopes, FLOPs: naive {fslope_naive:.2f}, cached {fslope_cached:.2
 #   only win at lengths where T is comparable to the model width (here, far beyond D).
 # - The **measured times** follow when each step has enough work to keep the device busy. On a CPU
 #   they track the FLOPs. On a GPU a single-token step of a small model is limited by the kernel
-#   launches (a few µs each, hundreds per step), not by FLOPs or bytes: the cached step is flat,
-#   and the naive step stays flat too until its prefix is long enough to fill the GPU. So the
-#   measured naive slope on a GPU sits below the FLOP slope: the difference is overhead, not a
-#   wrong formula (notebook 07 removes that overhead).
+#   launches (microseconds each, hundreds per step), not by FLOPs or bytes: the cached step is
+#   flat, and the naive step stays near that floor until its prefix is long enough to fill the GPU.
+#   So the measured naive slope on a GPU sits below the FLOP slope: the difference is overhead, not
+#   a wrong formula (notebook 07 removes that overhead).
 
 # %%
 assert slope_naive > slope_cached + 0.3, "naive decoding should scale clearly worse than cached"
@@ -178,8 +187,8 @@ for name in ["llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b",
 #
 # **Prefill** runs the whole prompt through the model at once: T tokens share every weight read,
 # so the matmuls have arithmetic intensity about B·T and the work is parallel. **Decode** processes
-# one token per step: intensity about B. Below we time a prefill of P tokens and compare its
-# tokens per second with the decode rate measured above.
+# one token per step: intensity about B. Below we time a prefill of P tokens (one sequence) and
+# compare its tokens per second with the decode rate measured above (B sequences, one token each).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -192,17 +201,17 @@ for p in prompt_lengths:
         t = time_fn(lambda: model(x, cache, 0), warmup=1, repeats=env.size(3, 10), device=env.device)
     prefill_tps.append(p / t.median)
     del cache
-decode_tps = 1 / np.median(cached_steps[1:])
+decode_tps = B / np.median(cached_steps[1:])  # B tokens per decode step
 
 fig, ax = plt.subplots()
 ax.loglog(prompt_lengths, prefill_tps, "o-", color=COLORS["measured"], label="prefill (whole prompt at once)")
-ax.axhline(decode_tps, color=COLORS["cached"], ls="--", label=f"decode, B=1 ({decode_tps:,.0f} tokens/s)")
+ax.axhline(decode_tps, color=COLORS["cached"], ls="--", label=f"decode, B={B} ({decode_tps:,.0f} tokens/s)")
 ax.set(xlabel="prompt length P", ylabel="tokens per second", title="Prefill is parallel, decode is sequential")
 ax.legend()
 plt.show()
 for p, tps in zip(prompt_lengths, prefill_tps):
     print(f"prefill P={p:>5}: {tps:>12,.0f} tokens/s  (MLP intensity B·T = {analysis.mlp_intensity(1, p, cfg.D, cfg.F):7.1f})")
-print(f"decode, one token/step: {decode_tps:>8,.0f} tokens/s  (MLP intensity B = {analysis.mlp_intensity(1, 1, cfg.D, cfg.F):.2f})")
+print(f"decode, B={B}, one token/step each: {decode_tps:>8,.0f} tokens/s  (MLP intensity ~B = {analysis.mlp_intensity(B, 1, cfg.D, cfg.F):.2f})")
 
 # %%
 assert max(prefill_tps) > 3 * decode_tps, "prefill should process tokens much faster than decode"
