@@ -103,6 +103,7 @@ def execute(nb: nbformat.NotebookNode, timeout: int = 1200) -> None:
                           for k in ("iopub.execute_input", "shell.execute_reply"))
                 print(f"  cell {i:>2}: {(t1 - t0).total_seconds():7.2f} s", file=sys.stderr)
             cell.metadata.pop("execution", None)  # keep stored notebooks free of timestamps
+        nb.metadata.pop("widgets", None)  # saved widget state: large, and stale without a kernel
 
 
 def readme_table(sources: list[Path]) -> str:
