@@ -51,11 +51,32 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.D, cfg.K * cfg.H, bias=False)
         self.wv = nn.Linear(cfg.D, cfg.K * cfg.H, bias=False)
         self.wo = nn.Linear(cfg.N * cfg.H, cfg.D, bias=False)
+        self.wqkv: nn.Linear | None = None  # set by fuse_qkv()
+
+    @torch.no_grad()
+    def fuse_qkv(self) -> None:
+        """Replace wq, wk, wv by one ``wqkv`` Linear with their weights stacked: in decode each is a
+        matrix-vector product, and one bigger GEMV launches one kernel instead of three and reads
+        the same bytes. Same function (up to float rounding); used by ``lecture_lib.fast``.
+        Fuse before quantizing: the three must still be plain ``nn.Linear``."""
+        if self.wqkv is not None:
+            return
+        if not all(type(m) is nn.Linear for m in (self.wq, self.wk, self.wv)):
+            raise TypeError("fuse_qkv needs wq, wk, wv to be plain nn.Linear: fuse before quantizing.")
+        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])  # (N+2K)H x D
+        self.wqkv = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")  # no init: replaced
+        self.wqkv.weight = nn.Parameter(w)
+        del self.wq, self.wk, self.wv  # keep one copy of the weights, not two
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, pos):
-        q = rearrange(self.wq(x), "B T (N H) -> B N T H", H=self.cfg.H)
-        k = rearrange(self.wk(x), "B T (K H) -> B K T H", H=self.cfg.H)
-        v = rearrange(self.wv(x), "B T (K H) -> B K T H", H=self.cfg.H)
+        if self.wqkv is not None:
+            q, k, v = self.wqkv(x).split([self.cfg.N * self.cfg.H, self.cfg.K * self.cfg.H,
+                                          self.cfg.K * self.cfg.H], dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = rearrange(q, "B T (N H) -> B N T H", H=self.cfg.H)
+        k = rearrange(k, "B T (K H) -> B K T H", H=self.cfg.H)
+        v = rearrange(v, "B T (K H) -> B K T H", H=self.cfg.H)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, pos, k, v)  # now [B K S H], S = positions so far
@@ -145,7 +166,7 @@ class Transformer(nn.Module):
 
     def new_cache(self, B: int, S_max: int | None = None) -> KVCache:
         """A KV cache on this model's device and dtype."""
-        w = self.lm_head.weight
+        w = self.tok_emb.weight  # not lm_head: a quantized head stores int8
         return KVCache(self.cfg, B, S_max, device=w.device, dtype=w.dtype)
 
     def num_params(self, include_embedding: bool = True) -> int:
