@@ -144,7 +144,8 @@ def _quantized(model, prompt, new, ctx, bits):
     out = _time_fast(qmodel, prompt, new, ctx["repeats"], compile, ctx)
     cfg = model.cfg
     # Bytes: the float model's, with its linear layers replaced by what they now store.
-    out["weight_bytes_delta"] = quant.weight_bytes(qmodel, linear_only=True) - analysis.linear_params(cfg) * ctx["wbytes"]
+    float_linear_bytes = analysis.linear_params(cfg) * ctx["wbytes"]
+    out["weight_bytes_delta"] = quant.weight_bytes(qmodel, linear_only=True) - float_linear_bytes
     how = "compiled" if compile else "eager: dequantizes every step, slower than unquantized"
     out["note"] = f"all linear layers incl. lm_head; {how}"
     del qmodel
@@ -280,7 +281,8 @@ def _run_rung(name, fn, ctx) -> dict:
         out = {"status": "oom", "note": f"out of memory: {str(e).splitlines()[0][:120]}"}
     except Exception as e:  # one broken rung must not lose the others' numbers
         traceback.print_exc(file=sys.stderr)
-        out = {"status": "error", "note": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+        first_line = str(e).splitlines()[0][:160] if str(e) else ""
+        out = {"status": "error", "note": f"{type(e).__name__}: {first_line}"}
     _free_memory(ctx["device"])
     log(f"[{name}] {out['status']}" + (f", {out['tok_per_s']:,.1f} tok/s" if out.get("tok_per_s") else "")
         + f" ({time.perf_counter() - t:.1f} s)")
@@ -335,10 +337,11 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
         log(f"copy bandwidth: {bw / 1e9:,.1f} GB/s")
     else:
         bw = bandwidth
-    log(f"building {cfg.name} ({analysis.num_params_exact(cfg) / 1e6:,.1f}M parameters, "
-        f"{hardware.dtype_name(dtype)}) ...")
-    model = build_model(cfg, device, dtype, seed)
-    n_params = model.num_params()
+    n_params = analysis.num_params_exact(cfg)
+    model = None
+    if rungs:
+        log(f"building {cfg.name} ({n_params / 1e6:,.1f}M parameters, {hardware.dtype_name(dtype)}) ...")
+        model = build_model(cfg, device, dtype, seed)
     if naive_new is None:  # naive is O(T^2) work a token: keep it to a minute on a CPU
         naive_new = new if device.type == "cuda" or n_params < 5e7 else min(new, 32)
     ctx = {"device": device, "dtype": dtype, "wbytes": torch.finfo(dtype).bits // 8, "bandwidth": bw,
@@ -352,17 +355,17 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
     for name in rungs:
         fn = globals()[f"rung_{name}"]
         raw.append(_run_rung(name, lambda: fn(model, prompt, new, ctx), ctx))
+    del model  # make room for the HF model
+    _free_memory(device)
     if hf:
         raw += hf_rows(cfg, prompt, new, ctx)
-    del model
-    _free_memory(device)
 
     # Greedy tokens of the full-length exact rungs should agree (fp32: exactly; bf16: rounding
     # differences in a different kernel order can flip a near-tie and the sequences then diverge).
     agree = None
     if check_tokens:
-        seqs = {r["rung"]: r["tokens"] for r in raw
-                if r.get("status") == "ok" and "tokens" in r and r["rung"] in ("cached", "static", "compiled")}
+        seqs = {r["rung"]: r["tokens"] for r in raw if r.get("status") == "ok" and "tokens" in r
+                and r["rung"] in ("cached", "static", "compiled")}
         if len(seqs) > 1:
             first = next(iter(seqs.values()))
             agree = {k: bool(torch.equal(v.cpu(), first.cpu())) for k, v in seqs.items()}
@@ -384,6 +387,9 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
         "roofline_tok_per_s": batch * bw / analysis.decode_bytes_per_step(
             cfg, batch, prompt_len + new / 2, ctx["wbytes"], ctx["wbytes"]),
         "greedy_tokens_agree": agree,
+        "settings": {"fuse_qkv": fuse_qkv, "sdpa_backend_decode": sdpa or "default",
+                     "naive_new": ctx["naive_new"], "compile_on_cpu": compile_cpu,
+                     "inductor_coordinate_descent_tuning_fast_path": device.type == "cuda"},
         "rows": [asdict(r) for r in rows],
     }
 
@@ -442,17 +448,19 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: the device's (bf16 on "
                    "Ampere+, fp16 on older GPUs, fp32 on a CPU)")
     d.add_argument("--rungs", default=None, help=f"comma-separated, from {','.join(RUNGS)} "
-                   "(default: naive,cached,static,compiled,int8)")
+                   "(default: naive,cached,static,compiled,int8; 'none' with --hf: HF rows only)")
     d.add_argument("--hf", action="store_true", help="also time transformers' LlamaForCausalLM.generate")
     d.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     d.add_argument("--device", help="default: cuda, then mps, then cpu")
     d.add_argument("--repeats", type=int, default=3, help="timed runs per rung (median)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--compile-cpu", action="store_true", help="run compiled/int8 rungs with Inductor on a CPU")
+    d.add_argument("--compile-cpu", action="store_true",
+                   help="run compiled/int8 rungs with Inductor on a CPU")
     d.add_argument("--naive-new", type=int, help="new tokens for the naive rung (default: all on a GPU, "
                    "capped at 32 on a CPU for models over 50M parameters)")
     d.add_argument("--no-fuse-qkv", action="store_true", help="keep separate Q, K, V projections")
-    d.add_argument("--sdpa", default="math", choices=["math", "default", "flash_attention", "efficient_attention"],
+    d.add_argument("--sdpa", default="math",
+                   choices=["math", "default", "flash_attention", "efficient_attention"],
                    help="SDPA backend for fast-path decode steps on CUDA (default math)")
     return p
 
@@ -460,15 +468,18 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("decode", "-h", "--help"):
-        # Bare command (issue 2): naive vs cached at a preset that suits the device.
-        argv = ["decode", "--rungs", "naive,cached", *argv]
+        # Bare command (issue 2): naive vs cached at a preset that suits the device (on a CPU,
+        # 64 new tokens: naive decoding of 256 would take minutes).
+        short = [] if "--new" in argv or hardware.pick_device().type != "cpu" else ["--new", "64"]
+        argv = ["decode", "--rungs", "naive,cached", *short, *argv]
     args = _parser().parse_args(argv)
     device = torch.device(args.device) if args.device else hardware.pick_device()
     if args.shape:
         cfg = parse_shape(args.shape)
     else:
         cfg = get_config(args.preset or ("medium" if device.type == "cuda" else "small"))
-    rungs = [r.strip() for r in (args.rungs or "naive,cached,static,compiled,int8").split(",") if r.strip()]
+    rungs = [r.strip() for r in (args.rungs or "naive,cached,static,compiled,int8").split(",")
+             if r.strip() and r.strip() != "none"]  # "none": only the HF rows (with --hf)
     result = run_decode(
         cfg, batch=args.batch, prompt_len=args.prompt, new=args.new,
         dtype=hardware.as_torch_dtype(args.dtype) if args.dtype else None, rungs=rungs, hf=args.hf,

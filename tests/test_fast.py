@@ -28,7 +28,8 @@ def test_fast_greedy_tokens_equal_generate_cached(K, fuse):
     # A second call reuses the cache (stale tail entries are masked) and gives the same tokens;
     # a shorter prompt too.
     assert torch.equal(gen.generate(prompt, 30).tokens, ref)
-    assert torch.equal(gen.generate(prompt[:, :5], 20).tokens, generate_cached(model, prompt[:, :5], 20).tokens)
+    short = prompt[:, :5]
+    assert torch.equal(gen.generate(short, 20).tokens, generate_cached(model, short, 20).tokens)
 
 
 def test_fused_qkv_gives_the_same_logits():
