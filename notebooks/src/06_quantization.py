@@ -1,0 +1,739 @@
+# %% [markdown]
+# # 06 · Quantization
+#
+# *Follows CS336 Lecture 10, "Quantization" (taking shortcuts, lossy), with the scaling book's
+# critical batch size for int8 weights.*
+#
+# Decoding is memory-bound: every step reads every weight (and the KV cache) once. Fewer bytes
+# per number means fewer bytes per token, so quantization buys speed and room for bigger batches;
+# what it costs is accuracy. This notebook measures both sides on a small model **trained** by
+# the repository (random weights say nothing about quality).
+#
+# In this notebook you will
+# 1. read the number formats (fp32, bf16, fp16, fp8, int8, int4) from `torch.finfo`/`iinfo`,
+#    and correct the lecture's fp8 range,
+# 2. run the lecture's quantize/dequantize example by hand, then compare absmax with zero-point,
+# 3. measure the error of per-tensor, per-channel and per-group scales from 2 to 8 bits against
+#    the bound scale/2,
+# 4. look for outliers in the real activations of the trained model and see why they break absmax
+#    (the motivation of LLM.int8()),
+# 5. quantize the trained model's weights to int8 and int4: held-out perplexity, bytes and decode
+#    speed side by side; then the KV cache to int8,
+# 6. see how int8 weights move the critical batch size.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import copy
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F_
+
+from lecture_lib import analysis, corpus, get_config, quant
+from lecture_lib.checkpoints import EVAL_WINDOWS, load_checkpoint, load_meta, perplexity
+from lecture_lib.generate import generate_cached
+from lecture_lib.plotting import COLORS, human_bytes
+from lecture_lib.quant_eval import (cached_perplexity, capture_inputs, group_size_for, perplexity_and_kl,
+                                   quantize_int4_)
+from lecture_lib.notebook import setup
+from lecture_lib.widgets import interact
+
+env = setup(seed=0)
+
+# %% [markdown]
+# ## 1. Number formats
+#
+# A floating-point format spends its bits on an exponent (range) and a mantissa (precision); an
+# integer format has a fixed step of 1, and a separate **scale** maps its integers to real values.
+# The table reads every float row from `torch.finfo` and the int8 row from `torch.iinfo`; int4 has
+# no torch dtype, so its row is by definition (4-bit two's complement). `eps` is the gap between 1
+# and the next number: the relative precision.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, int) or float(v).is_integer() and abs(v) < 1e6:
+        return f"{int(v):,}"
+    return f"{v:.3g}"
+
+
+formats = quant.format_table()
+print(f"{'format':<13}{'bits':>5}{'bytes':>6}{'exp':>4}{'man':>4}{'max':>11}{'min':>11}"
+      f"{'smallest normal':>16}{'eps':>10}")
+for r in formats:
+    print(f"{r['format']:<13}{r['bits']:>5}{r['bytes']:>6g}{fmt(r['exponent_bits']):>4}"
+          f"{fmt(r['mantissa_bits']):>4}{fmt(r['max']):>11}{fmt(r['min']):>11}"
+          f"{fmt(r['smallest_normal']):>16}{fmt(r['eps']):>10}")
+
+# %% [markdown]
+# **The lecture's fp8 range is the wrong variant.** The lecture says e4m3 covers [−240, 240]
+# "on H100s". The fp8 that H100s compute with is the OCP **E4M3FN** format, `torch.float8_e4m3fn`,
+# whose largest value is **448**: it has no infinities, and only one bit pattern (per sign) is NaN,
+# so the top exponent still holds ordinary numbers up to 1.75 · 2⁸ = 448. The **240** belongs to
+# **e4m3fnuz** (`torch.float8_e4m3fnuz`, the AMD MI300/Graphcore variant: exponent bias 8 instead
+# of 7, no negative zero), whose top is 1.875 · 2⁷ = 240. Both have 3 mantissa bits (eps 1/8);
+# e5m2 trades one of them for range (max 57,344), which suits gradients better than weights.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+e4m3fn, e4m3fnuz = torch.finfo(torch.float8_e4m3fn), torch.finfo(torch.float8_e4m3fnuz)
+assert e4m3fn.max == 448 == 1.75 * 2**8 and e4m3fnuz.max == 240 == 1.875 * 2**7
+assert torch.iinfo(torch.int8).min == -128 and torch.iinfo(torch.int8).max == 127
+assert torch.finfo(torch.bfloat16).max > 1e38 > torch.finfo(torch.float16).max  # bf16 keeps fp32's range
+print(f"float8_e4m3fn   max {e4m3fn.max:g}   (H100 / OCP fp8: the one H100 tensor cores use)")
+print(f"float8_e4m3fnuz max {e4m3fnuz.max:g}   (AMD/Graphcore variant: the lecture's 240)")
+
+# %% [markdown]
+# Floats and integers place their values differently. Every finite fp8 e4m3fn value (all 256 bit
+# patterns) against int8 with one scale chosen so that both reach 448: fp8's steps grow with the
+# magnitude (constant *relative* precision), int8's are equal (constant *absolute* precision). Small
+# values are fine in fp8 and coarse in int8; that is why int8 needs a well-chosen scale.
+
+# %%
+vals = quant.float8_values(torch.float8_e4m3fn)
+pos = vals[vals > 0].numpy()
+int8_grid = np.arange(1, 128) * 448 / 127
+fig, ax = plt.subplots(figsize=(9, 2.6))
+ax.plot(pos, np.full_like(pos, 1), "|", ms=18, color=COLORS["cached"], label=f"fp8 e4m3fn ({len(pos)} positive values)")
+ax.plot(int8_grid, np.full_like(int8_grid, 0), "|", ms=18, color=COLORS["naive"], label="int8 × (448/127) (127 positive values)")
+ax.set(xscale="log", yticks=[], ylim=(-0.8, 1.8), xlabel="value (log scale)",
+       title="Where the representable positive values lie")
+ax.legend(loc="upper left", fontsize=8)
+plt.show()
+
+# %% [markdown]
+# *Takeaway: bf16 is fp32's range with 8 bits of precision; fp8 and int8 cost one byte; fp8 e4m3fn
+# goes to 448 (240 is e4m3fnuz); int8 and int4 are integers that need a scale.*
+#
+# ## 2. Quantize and dequantize
+#
+# The lecture's mechanics: a real number x becomes an integer code with a **scale** and a
+# **zero point**, and comes back approximately:
+#
+# $$x_q = \mathrm{round}(x / \text{scale}) + \text{zero\_point}, \qquad \hat x = (x_q - \text{zero\_point}) \cdot \text{scale}.$$
+
+# %%
+# NBVAL_CHECK_OUTPUT
+x, scale, zero_point = 5.2342, 0.1, 4
+x_q = quant.quantize(x, scale, zero_point)
+x_hat = quant.dequantize(x_q, scale, zero_point)
+print(f"x = {x}, scale = {scale}, zero_point = {zero_point}")
+print(f"x_q   = round({x} / {scale}) + {zero_point} = round({x / scale:.3f}) + {zero_point} = {x_q.item()}")
+print(f"x_hat = ({x_q.item()} - {zero_point}) * {scale} = {x_hat.item():.4f}")
+print(f"error = {abs(x - x_hat.item()):.4f} <= scale / 2 = {scale / 2}")
+assert x_q.item() == 56
+assert abs(x_hat.item() - 5.2) < 1e-6
+assert abs(x - x_hat.item()) <= scale / 2
+
+# %% [markdown]
+# Rounding to the nearest code errs by at most half a step, **scale/2**, as long as x is inside the
+# range the codes cover. Quantizing a whole tensor is choosing that scale (and zero point):
+#
+# - **absmax** (symmetric): scale = max|x| / (2^(b−1) − 1), zero point 0. The codes cover
+#   [−max|x|, max|x|].
+# - **zero-point** (asymmetric): scale = (max − min) / (2^b − 1), zero point = round(−min / scale).
+#   The codes cover [min, max] exactly.
+#
+# For a symmetric tensor they are the same. For a **skewed** one, such as the output of a SiLU (the
+# gate of a SwiGLU MLP: never below −0.28, a long positive tail), absmax wastes the codes below
+# −0.28: about half of them.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+g = torch.Generator().manual_seed(0)
+skewed = F_.silu(2 * torch.randn(4096, generator=g))  # a SwiGLU gate's activations, in shape
+
+rows = []
+for bits in (4, 8):
+    q_a, s_a = quant.quantize_absmax(skewed, bits)
+    q_z, s_z, z_z = quant.quantize_zeropoint(skewed, bits)
+    err_a = quant.relative_error(quant.dequantize_absmax(q_a, s_a), skewed)
+    err_z = quant.relative_error(quant.dequantize_zeropoint(q_z, s_z, z_z), skewed)
+    used_a = q_a.unique().numel()
+    used_z = q_z.unique().numel()
+    rows.append((bits, err_a, err_z))
+    print(f"{bits} bits: absmax scale {s_a.item():.4f}, {used_a:>3} of {2**bits - 1} codes used, "
+          f"relative error {err_a:.4f} | zero-point scale {s_z.item():.4f} (zero point {z_z.item()}), "
+          f"{used_z:>3} of {2**bits} codes used, relative error {err_z:.4f}")
+for bits, err_a, err_z in rows:
+    assert err_z < 0.75 * err_a, "zero-point should clearly beat absmax on a skewed tensor"
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+q_a, s_a = quant.quantize_absmax(skewed, 4)
+q_z, s_z, z_z = quant.quantize_zeropoint(skewed, 4)
+levels_a = quant.dequantize_absmax(torch.arange(-7, 8), s_a)
+levels_z = quant.dequantize_zeropoint(torch.arange(0, 16), s_z, z_z)
+for ax, levels, name in [(axes[0], levels_a, "absmax (symmetric)"), (axes[1], levels_z, "zero-point (asymmetric)")]:
+    ax.hist(skewed.numpy(), bins=120, color=COLORS["theory"], alpha=0.6)
+    for v in levels.numpy():
+        ax.axvline(v, color=COLORS["measured"], lw=0.8)
+    ax.set(title=f"int4 {name}: {len(levels)} levels (red)", xlabel="value")
+axes[0].set_ylabel("count")
+plt.show()
+
+# %% [markdown]
+# *Takeaway: the error is at most scale/2 per element, and the scheme decides the scale: absmax
+# for symmetric tensors (weights), zero-point where the values are one-sided (activations after
+# SiLU/ReLU).*
+#
+# ## 3. One scale for how many numbers? Granularity vs bits
+#
+# One scale for the whole tensor is set by its single largest value. Real weights have rows of very
+# different magnitudes, so a finer granularity gives each part its own, smaller scale:
+# **per channel** (one scale per output row of the weight) or **per group** (one per `g`
+# consecutive input weights of a row), at the cost of storing more scales.
+#
+# We load the trained model and take one of its real weight matrices.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+meta = load_meta("target")
+model_fp32 = load_checkpoint("target", device=env.device)  # fp32: the quality baseline
+cfg = model_fp32.cfg
+heldout = corpus.heldout_tokens()
+print(f"target: L={cfg.L} D={cfg.D} N={cfg.N} K={cfg.K} H={cfg.H} F={cfg.F} V={cfg.V}, "
+      f"{model_fp32.num_params() / 1e6:.2f}M parameters, trained {meta['training']['steps']} steps "
+      f"on {meta['training']['tokens_seen'] / 1e6:.1f}M bytes of Python documentation")
+print(f"recorded held-out perplexity {meta['heldout_ppl']:.3f} (unigram baseline {meta['unigram_ppl']:.2f})")
+
+W = model_fp32.layers[1].mlp.w_up.weight.detach().float().cpu()  # [F D] = [out in]
+row_norms = W.norm(dim=1)
+print(f"layers.1.mlp.w_up: {tuple(W.shape)}; row norms range {row_norms.min():.3f} .. {row_norms.max():.3f} "
+      f"({row_norms.max() / row_norms.min():.1f}x); max|w| {W.abs().max():.3f}, rms {W.pow(2).mean().sqrt():.4f}")
+
+# %% [markdown]
+# For every bit width from 2 to 8 and every granularity: the relative error ‖W − Ŵ‖/‖W‖, and a
+# check that **every** element is within its bound scale/2. Theory for the average: rounding error
+# spread uniformly over a step has RMS scale/√12 (dashed lines).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+bit_range = list(range(2, 9))
+granularities = [("per tensor", "tensor", None), ("per channel", "channel", None),
+                 ("per group of 64", "group", 64), ("per group of 16", "group", 16)]
+errors, theory = {}, {}
+eps32 = torch.finfo(torch.float32).eps
+for label, gran, gs in granularities:
+    for scheme in ("absmax", "zeropoint"):
+        for bits in bit_range:
+            kw = dict(bits=bits, scheme=scheme, granularity=gran, group_size=gs or 128)
+            W_hat = quant.fake_quantize(W, **kw)
+            bound = quant.error_bound(W, **kw)
+            # within scale/2, up to the fp32 rounding of the dequantized value (a few ulps of w)
+            assert ((W_hat - W).abs() <= bound + 4 * eps32 * W.abs()).all(), (label, scheme, bits)
+            errors[label, scheme, bits] = quant.relative_error(W_hat, W)
+            theory[label, scheme, bits] = ((2 * bound).pow(2).mean().sqrt() / math.sqrt(12) / W.pow(2).mean().sqrt()).item()
+print("every element within scale/2 (up to fp32 rounding), for every granularity, scheme and bit width")
+print(f"{'relative error (absmax)':<26}" + "".join(f"{b:>8} bits" for b in bit_range))
+for label, _, _ in granularities:
+    print(f"{label:<26}" + "".join(f"{errors[label, 'absmax', b]:>13.4f}" for b in bit_range))
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 4.2))
+palette = [COLORS["naive"], COLORS["cached"], COLORS["reference"], COLORS["roofline"]]
+for (label, _, _), color in zip(granularities, palette):
+    ax.plot(bit_range, [errors[label, "absmax", b] for b in bit_range], "o-", color=color, label=f"{label}, absmax")
+    ax.plot(bit_range, [errors[label, "zeropoint", b] for b in bit_range], "x:", color=color)
+    ax.plot(bit_range, [theory[label, "absmax", b] for b in bit_range], "--", color=color, lw=0.8)
+ax.plot([], [], "kx:", label="same, zero-point")
+ax.plot([], [], "k--", lw=0.8, label="theory: scale/√12 (absmax)")
+ax.set(yscale="log", xlabel="bits per weight", ylabel="relative error ‖W − Ŵ‖ / ‖W‖",
+       title="Quantization error of a real weight matrix (layers.1.mlp.w_up)")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# Reading the plot:
+# - Each extra bit halves the step, so the error halves: straight lines on a log axis, a factor of 2
+#   a bit (checked below from 4 to 8 bits, where the uniform-rounding model holds).
+# - Finer granularity is lower at every width: a group's scale is set by its own largest value.
+#   From 3 bits up, going from one scale per tensor to one per group of 16 is worth more than one
+#   extra bit: the group-of-16 curve at b bits lies below the per-tensor curve at b + 1.
+# - At 2 and 3 bits the measured error falls *below* the scale/√12 line (clearest per tensor): most
+#   weights round to the code 0, whose error is the weight itself, smaller than a step. The theory
+#   assumes errors spread over a whole step; with so few levels that no longer holds.
+# - Zero-point (dotted) is a little better than absmax even on weights, most of all at few bits
+#   and in small groups: it has one more code (absmax leaves −2^(b−1) unused to stay symmetric: at
+#   2 bits that is 3 levels instead of 4), and the min and max of 16 weights are rarely symmetric.
+#   It pays with a zero point per scale and a subtraction when dequantizing.
+
+# %%
+for label, _, _ in granularities:
+    e = [errors[label, "absmax", b] for b in bit_range]
+    assert all(a > b for a, b in zip(e, e[1:])), f"{label}: more bits must mean less error"
+    for b in range(4, 8):
+        ratio = errors[label, "absmax", b] / errors[label, "absmax", b + 1]
+        assert 1.6 < ratio < 2.5, f"{label}: one more bit should halve the error ({b}->{b+1}: {ratio:.2f})"
+    for b in (6, 7, 8):
+        assert 0.75 < errors[label, "absmax", b] / theory[label, "absmax", b] < 1.25, "uniform-rounding theory"
+for b in bit_range:
+    e = [errors[label, "absmax", b] for label, _, _ in granularities]
+    assert all(a >= c for a, c in zip(e, e[1:])), f"{b} bits: finer granularity should not be worse"
+    assert e[0] > 1.3 * e[-1], f"{b} bits: per-group-16 should clearly beat per-tensor"
+
+# %% [markdown]
+# Try it: pick the bit width, scheme and granularity and see the error (the drawing function uses
+# the weight matrix above; a redraw is a few milliseconds).
+
+# %%
+def draw_quant(bits=4, scheme="absmax", granularity="channel", group_size=16, row=0):
+    W_hat = quant.fake_quantize(W, bits=bits, scheme=scheme, granularity=granularity, group_size=group_size)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4))
+    a1.plot(W[row, :64].numpy(), "o", ms=4, color=COLORS["theory"], label="w")
+    a1.plot(W_hat[row, :64].numpy(), "_", ms=9, mew=2, color=COLORS["measured"], label="ŵ (dequantized)")
+    a1.set(title=f"row {row}, first 64 weights", xlabel="input index")
+    a1.legend(fontsize=8)
+    a2.hist((W_hat - W).flatten().numpy(), bins=100, color=COLORS["cached"])
+    a2.set(title=f"{bits}-bit {scheme}, per {granularity}: relative error {quant.relative_error(W_hat, W):.4f}",
+           xlabel="ŵ − w (whole matrix)")
+    plt.show()
+
+
+draw_quant()
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import ipywidgets as w_
+
+_ = interact(draw_quant, bits=w_.IntSlider(4, 2, 8), scheme=["absmax", "zeropoint"],
+             granularity=["channel", "tensor", "group"],
+             group_size=[g for g in (16, 32, 64, 128, 256) if W.shape[1] % g == 0],
+             row=w_.IntSlider(0, 0, W.shape[0] - 1))
+
+# %% [markdown]
+# *Takeaway: error ≈ scale/√12 and halves with every bit; finer scales (per channel, per group)
+# lower it at the price of storing more scales.*
+#
+# ## 4. Outliers: why absmax breaks on activations (LLM.int8())
+#
+# Weight-only quantization keeps activations in bf16. Quantizing the activations too (so that the
+# matmul itself runs in int8) meets a problem that LLM.int8() (Dettmers et al., 2022) found in
+# large models (from about 6.7B parameters on): a few **feature dimensions** carry values up to
+# 20× larger than the rest, in most tokens. An int8 matmul needs one scale per **row** of x (per token), not per column: the
+# scale must factor out of the sum over the inner dimension. So one outlier feature sets the scale
+# of every token it appears in, and the ordinary features are crushed into a few codes.
+# LLM.int8()'s fix: multiply the outlier dimensions separately in 16-bit and the rest in int8.
+#
+# Do the trained model's activations have outliers? We capture the inputs of every linear layer
+# on held-out text with forward hooks and look at the largest |x| of each feature dimension.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+n_act = env.size(cpu=8, gpu=16)  # windows of 256 held-out bytes
+act_tokens = heldout[: n_act * 256].reshape(n_act, 256).to(env.device)
+names = [f"layers.{i}.{part}" for i in range(cfg.L) for part in ("attn.wq", "attn.wo", "mlp.w_gate", "mlp.w_down")]
+acts = capture_inputs(model_fp32, act_tokens, names)
+
+def outlier_ratio(x):
+    per_dim = x.abs().amax(0)  # largest |x| of each feature dimension
+    return (per_dim.max() / per_dim.median()).item()
+
+ratios = {n: outlier_ratio(a) for n, a in acts.items()}
+print(f"{'input of':<22}{'dims':>6}{'max |x|':>9}{'median dim max':>16}{'ratio':>7}")
+for n, a in acts.items():
+    per_dim = a.abs().amax(0)
+    print(f"{n:<22}{a.shape[1]:>6}{per_dim.max():>9.2f}{per_dim.median():>16.2f}{ratios[n]:>7.1f}")
+worst = max(ratios, key=ratios.get)
+print(f"\nstrongest outliers: input of {worst} (largest feature {ratios[worst]:.1f}x the median feature's max)")
+
+# %% [markdown]
+# Where to look: the inputs of `wq`/`wk`/`wv` and `w_gate`/`w_up` come straight out of an RMSNorm,
+# which divides every token by its own RMS, and `wo` reads averages of value vectors; those tend to
+# be tame. The input of `w_down` is the product silu(gate)·up of two activations, which makes it
+# heavy-tailed. Below, the layer with the largest ratio: each feature dim's largest |x|, and the
+# distribution of all its values.
+
+# %%
+x_w = acts[worst]  # [tokens features]
+per_dim = x_w.abs().amax(0)
+threshold = 6 * per_dim.median().item()  # "outlier": 6x a typical feature's largest value
+outliers = quant.outlier_channels(x_w, threshold)
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.5))
+a1.vlines(np.arange(len(per_dim)), 0, per_dim.numpy(), color=COLORS["cached"], lw=1)
+a1.axhline(threshold, color=COLORS["measured"], ls="--", label=f"6 × median = {threshold:.2f}")
+a1.set(title=f"input of {worst}: largest |x| per feature dim", xlabel="feature dimension", ylabel="max |x| over tokens")
+a1.legend(fontsize=8)
+tok_share = (x_w.abs() > threshold).any(1).float().mean().item()
+a2.hist(x_w.flatten().numpy(), bins=100, color=COLORS["theory"], log=True)
+a2.set(title="all values (log counts)", xlabel="x")
+plt.show()
+print(f"{len(outliers)} outlier dims {outliers.tolist()[:10]} (|x| > {threshold:.2f}); "
+      f"{tok_share:.1%} of tokens hold at least one outlier value")
+
+# %% [markdown]
+# Now the matmul that reads this input, three ways: exact (fp32), int8 "vector-wise" (one absmax
+# scale per token of x and per output row of W, as LLM.int8() does without its fix), and LLM.int8()'s
+# decomposition (the outlier dims above in fp32, the rest in int8).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+W_worst = model_fp32.get_submodule(worst).weight.detach().float().cpu()
+y_exact = F_.linear(x_w, W_worst)
+err_int8 = quant.relative_error(quant.int8_matmul(x_w, W_worst), y_exact)
+err_llm = quant.relative_error(quant.llm_int8_matmul(x_w, W_worst, threshold), y_exact)
+print(f"real activations, input of {worst}: int8 error {err_int8:.4f}, "
+      f"with outlier decomposition ({len(outliers)} dims in fp32) {err_llm:.4f}")
+gain = err_int8 / err_llm
+print("verdict: " + (f"strong outliers: splitting off {len(outliers)} dims cuts the int8 error {gain:.1f}x"
+                     if gain > 2 else
+                     f"no strong outliers in this small model: the largest feature is {ratios[worst]:.0f}x the "
+                     f"median one, per-token int8 already errs only {err_int8:.1%}, and splitting off "
+                     f"{len(outliers)} dims gains {gain:.1f}x"))
+
+# %% [markdown]
+# A model this small (parameters in the millions, trained for minutes) is far from where LLM.int8()
+# found its outliers (they emerge systematically at about 6.7B parameters), so whatever the table
+# above shows here, the mechanism is clearer with a controlled experiment. We make an outlier ourselves
+# **without changing the function**: multiply two feature dims of the real x by a factor α and
+# divide the matching columns of W by α. The exact product x·Wᵀ is unchanged, but the magnitude
+# now sits in the activation, as in a large model. (Read backwards, this is SmoothQuant's trick:
+# move the magnitude from activations into the weights, where per-channel scales can absorb it.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+dims = per_dim.argsort()[-2:]  # the two largest dims, made larger still
+alphas = [1, 2, 5, 10, 20, 50, 100]
+synth = []
+for a in alphas:
+    x_s, W_s = x_w.clone(), W_worst.clone()
+    x_s[:, dims] *= a
+    W_s[:, dims] /= a
+    y = F_.linear(x_s, W_s)
+    t = 6 * x_s.abs().amax(0).median().item()
+    synth.append((quant.relative_error(quant.int8_matmul(x_s, W_s), y),
+                  quant.relative_error(quant.llm_int8_matmul(x_s, W_s, t), y)))
+    print(f"alpha {a:>3}: max|x| {x_s.abs().max():7.2f}; int8 error {synth[-1][0]:.4f}, LLM.int8() {synth[-1][1]:.4f}")
+
+fig, ax = plt.subplots()
+ax.plot(alphas, [s[0] for s in synth], "o-", color=COLORS["naive"], label="int8, absmax per token")
+ax.plot(alphas, [s[1] for s in synth], "s-", color=COLORS["cached"], label="LLM.int8(): outlier dims in fp32")
+ax.set(xscale="log", yscale="log", xlabel="outlier factor α (two dims of x ×α, W's columns ÷α)",
+       ylabel="relative error of x·Wᵀ", title="Same product, magnitude moved into two activation dims")
+ax.legend()
+plt.show()
+
+# %%
+assert synth[0][0] < 0.05, "int8 matmul without outliers should be accurate"
+assert synth[-1][0] > 5 * synth[0][0], "a 100x outlier should ruin absmax int8"
+assert synth[-1][1] < 2 * synth[0][1] + 1e-3, "the decomposition should stay as good as without outliers"
+
+# %% [markdown]
+# The int8 error grows with α: the outlier sets the scale of every token it appears in, so every
+# other feature of that token gets α times fewer codes. With the outlier dims split off, the error
+# stays where it was.
+# LLM.int8() pays for this with a second matmul and a gather (the lecture: 15–23% slower than
+# fp16). Later methods avoid the split: **SmoothQuant** rescales the outlier dims into the weights
+# (as above, backwards), **AWQ** protects the ~1% of weights that meet large activations by scaling
+# them before quantizing, **GPTQ** corrects the remaining weights for each one's rounding error.
+#
+# *Takeaway: activations, unlike weights, have outlier features in large models; per-token absmax
+# cannot absorb them, and keeping those few dims in 16-bit (or moving their magnitude into the
+# weights) restores int8 accuracy.*
+#
+# ## 5. Weight-only int8 and int4 on the trained model
+#
+# Now the whole model. Weight-only quantization stores the linear layers' weights as int8
+# (`quant.Int8Linear`, one absmax scale per output channel) or int4 (`quant.Int4Linear`, zero-point,
+# two weights a byte). Activations, the KV cache, norms and the embedding stay in full precision;
+# `lm_head` too (its error goes straight into the logits). The variants:
+#
+# | variant | codes | scales |
+# | --- | --- | --- |
+# | int8 per channel | 1 byte | 1 per output row |
+# | int4 per channel | ½ byte | 1 scale + 1 zero point per output row |
+# | int4 per group | ½ byte | 1 scale + 1 zero point per `g` consecutive input weights |
+#
+# Groups must tile each row exactly, so g must divide the layer's input dim. Libraries take one g
+# for the whole model (64 or 128, which divide the dims of real models); here D and F share only
+# small divisors (printed below), so we try both: the one g that divides every input dim, and
+# groups of up to 64 chosen per layer (the largest divisor of its input dim up to 64,
+# `quant_eval.group_size_for`).
+#
+# **Quality**: held-out perplexity, and the **KL divergence** from the original model's next-token
+# distribution (nats per token). When the damage is a fraction of a percent of perplexity, whether
+# the perturbed model scores a little better or worse on a particular sample of text is partly
+# luck; the KL divergence measures how far the predictions moved and ranks small degradations
+# reliably (llama.cpp reports it for its quantization types for that reason). Both in fp32 on every
+# device, so that the only error is the weights' rounding. **Speed** is measured in the notebook's
+# dtype (fp32 on a CPU, bf16 on a GPU), eager PyTorch.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+max_group = 64
+g_all = math.gcd(cfg.D, cfg.F, cfg.N * cfg.H)  # the largest g that divides every input dim
+n_windows = env.size(cpu=16, gpu=EVAL_WINDOWS)  # windows of 256 held-out bytes to score
+for what, n_in in [("D (wq, wk, wv, w_gate, w_up)", cfg.D), ("N·H (wo)", cfg.N * cfg.H), ("F (w_down)", cfg.F)]:
+    print(f"input dim {what:<30} {n_in:>5}: groups of up to {max_group} -> g = {group_size_for(n_in, max_group)}")
+print(f"one g for every layer: at most gcd = {g_all}")
+
+variants = ["unquantized", "int8 per channel", "int4 per channel", f"int4 groups ≤ {max_group}",
+            f"int4 groups of {g_all}"]
+
+
+def quantized(model, variant):
+    m = copy.deepcopy(model)
+    if variant == "int8 per channel":
+        quant.quantize_model_(m, bits=8)
+    elif variant == "int4 per channel":
+        quantize_int4_(m, max_group=None)  # one group = the whole input row
+    elif variant == f"int4 groups ≤ {max_group}":
+        quantize_int4_(m, max_group=max_group)
+    elif variant == f"int4 groups of {g_all}":
+        quant.quantize_model_(m, bits=4, group_size=g_all, backend="torch")
+    return m
+
+
+quality = {}
+for v in variants:
+    quality[v] = perplexity_and_kl(quantized(model_fp32, v), model_fp32, heldout, max_windows=n_windows)
+    print(f"{v:<22} held-out perplexity {quality[v][0]:.4f}, KL to the original {quality[v][1]:.5f} nats/token")
+print(f"({n_windows} windows of 256 held-out bytes)")
+if n_windows == EVAL_WINDOWS:  # the recorded protocol: the number on the checkpoint's card
+    assert abs(quality["unquantized"][0] / meta["heldout_ppl"] - 1) < 1e-3
+
+# %% [markdown]
+# Speed: greedy decoding of one sequence (B = 1, the memory-bound case) with the KV cache, best of
+# three runs, and the weight bytes as stored (`quant.weight_bytes`: parameters plus int codes,
+# scales and zero points).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+prompt = heldout[:16][None].to(env.device)
+n_new = env.size(cpu=48, gpu=256)
+base = model_fp32 if env.dtype == torch.float32 else load_checkpoint("target", device=env.device, dtype=env.dtype)
+table = []
+samples = {}
+for v in variants:
+    m = quantized(base, v)
+    generate_cached(m, prompt, 8)  # warm-up
+    runs = [generate_cached(m, prompt, n_new) for _ in range(3)]
+    samples[v] = corpus.decode(runs[0].tokens[0, :48])
+    linear = [mod for name, mod in m.named_modules() if hasattr(mod, "in_features") and name != "lm_head"]
+    lin_bytes = sum(quant.weight_bytes(mod) for mod in linear)
+    n_lin = sum(mod.in_features * mod.out_features for mod in linear)
+    table.append(dict(variant=v, ppl=quality[v][0], kl=quality[v][1], bytes=quant.weight_bytes(m),
+                      linear_bytes=lin_bytes, bits_per_weight=8 * lin_bytes / n_lin,
+                      tps=max(r.decode_tokens_per_s for r in runs)))
+    del m
+
+dtype_name = str(env.dtype).removeprefix("torch.")
+print(f"quality in fp32 ({n_windows} windows); bytes and speed of the {dtype_name} model on {env.device.type}\n")
+print(f"{'variant':<20}{'perplexity':>11}{'vs base':>9}{'KL (nats)':>11}{'weights':>11}{'bits/weight':>12}"
+      f"{'decode tok/s':>14}{'vs base':>9}")
+b0 = table[0]
+for r in table:
+    print(f"{r['variant']:<20}{r['ppl']:>11.4f}{r['ppl'] / b0['ppl'] - 1:>+9.2%}{r['kl']:>11.5f}"
+          f"{human_bytes(r['bytes']):>11}{r['bits_per_weight']:>12.2f}{r['tps']:>14,.0f}{r['tps'] / b0['tps']:>8.2f}x")
+print("\n(bits/weight: the linear layers except lm_head, codes plus scales and zero points)")
+for v, text in samples.items():
+    print(f"{v:>20}: {text!r}")
+
+# %%
+fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
+labels = [r["variant"].replace(" per ", "\nper ").replace(" groups", "\ngroups") for r in table]
+colors = [COLORS["theory"], COLORS["cached"], COLORS["naive"], COLORS["reference"], COLORS["roofline"]]
+for ax, key, title in [(axes[0], "ppl", "perplexity vs unquantized (%)"), (axes[1], "kl", "KL to the original (nats/token)"),
+                       (axes[2], "bytes", f"weight bytes (MB, {dtype_name} model)"),
+                       (axes[3], "tps", f"decode tokens/s, B=1, eager ({env.device.type})")]:
+    vals = {"ppl": [100 * (r["ppl"] / b0["ppl"] - 1) for r in table], "bytes": [r["bytes"] / 1e6 for r in table]}
+    ax.bar(labels, vals.get(key, [r[key] for r in table]), color=colors)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelsize=7)
+axes[0].axhline(1, color=COLORS["measured"], ls="--", lw=1, label="+1%")
+axes[0].legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# Reading the table:
+# - **Quality.** int8 per channel is indistinguishable from the original (far under 1% of
+#   perplexity, a KL divergence near 0): 255 levels per row are plenty for weights. int4 costs more,
+#   and smaller groups cost less: the KL divergence falls from per channel to groups of 64 to the
+#   smallest groups. The perplexities of two close int4 variants can come out in either order on a
+#   sample of held-out text (check it on the CPU's 16 windows against the GPU's 64); their KL
+#   divergences keep their order. (This small model's weights are tame, so even int4 costs little here; large
+#   models lose more at 4 bits, which is why GPTQ and AWQ exist.)
+# - **Bytes.** int8 stores 1 byte a weight (+ a scale per row), int4 half a byte + the scales and
+#   zero points: with groups of 64, an 8-bit zero point and a 16- or 32-bit scale add 0.4–0.6 bits
+#   a weight; with groups of 8, 3–5 bits, which eats most or all of what int4 saves over int8. The
+#   group size trades quality for bytes. The embedding, norms and `lm_head` are not quantized: in
+#   this tiny model they are a noticeable part of the total, in a 7B model a small one.
+# - **Speed.** Eager PyTorch does not turn the saved bytes into speed: expect the quantized models
+#   to be no faster, and often slower. `Int8Linear` converts the whole int8 weight to the activation
+#   dtype *at every call* (it reads 1 byte a weight, writes 2–4, then the matmul reads those again),
+#   and `Int4Linear` also unpacks nibbles and applies zero points: more memory traffic and more
+#   kernels than the plain layer, not less. The bytes saved only become speed when the
+#   dequantization happens *inside* the matmul kernel, which reads the int8/int4 codes straight
+#   from memory: `torch.compile` fuses it for int8, a dedicated kernel does it for int4 (tinygemm,
+#   which needs groups of 32–256). Besides, this model is too small to be bandwidth-bound: on a CPU
+#   its weights sit in the caches, and on a GPU each step is bound by kernel launches (notebook 04).
+#   Notebook 07 builds the compiled fast path and measures it against the bandwidth roofline.
+
+# %%
+r = {row["variant"]: row for row in table}
+r8, r4c, r4m, r4g = (r[v] for v in variants[1:])
+assert abs(r8["ppl"] / b0["ppl"] - 1) < 0.01, "int8 per-channel should be within 1% of the unquantized model"
+for r4 in (r4c, r4m, r4g):
+    assert r4["ppl"] > r8["ppl"] and r4["kl"] > 3 * r8["kl"], "int4 should be worse than int8"
+assert r4g["ppl"] < r4c["ppl"], "per-group int4 should beat per-channel int4"
+assert r4c["kl"] > r4m["kl"] > r4g["kl"], "smaller groups should move the model less"
+assert r8["linear_bytes"] < 0.6 * b0["linear_bytes"]
+assert r4c["linear_bytes"] < r4m["linear_bytes"] < r8["linear_bytes"]
+
+# %% [markdown]
+# *Takeaway: int8 weights are free in quality and halve (vs bf16) the bytes each decode step reads;
+# int4 costs some quality, which smaller groups buy back with bytes; the speed only comes with a
+# fused kernel (notebook 07).*
+#
+# ## 6. An int8 KV cache
+#
+# The KV cache is read every step as well, and at long contexts and large batches it outweighs the
+# weights (notebooks 04 and 05). `quant.Int8KVCache` stores keys and values as int8 with one absmax
+# scale per (token, head), in the model's dtype: 1 + (scale bytes)/H bytes a number instead of 2
+# (bf16) or 4 (fp32).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+S = cfg.S_max
+for B_kv in (1, 16):
+    c_full = model_fp32.new_cache(B_kv, S)
+    c_int8 = quant.Int8KVCache.for_model(model_fp32, B_kv, S)
+    formula = analysis.kv_cache_bytes(cfg, B_kv, S, bytes_per_value=1 + 4 / cfg.H)
+    assert c_int8.nbytes == formula
+    print(f"B={B_kv:>2}, S={S}: fp32 cache {human_bytes(c_full.nbytes):>10}, int8 cache {human_bytes(c_int8.nbytes):>10} "
+          f"({c_int8.nbytes / c_full.nbytes:.3f}x; with bf16 scales vs a bf16 cache: {(1 + 2 / cfg.H) / 2:.3f}x)")
+    del c_full, c_int8
+
+# %% [markdown]
+# Quality: held-out perplexity with every key and value written to the cache and read back
+# (`quant_eval.cached_perplexity`). Each window goes through the cache in one prefill call; since
+# every query attends to keys and values *read back from the cache*, that is exactly what
+# token-by-token decoding sees (the library's test checks that both give the same number).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+int8_cache = lambda m, B, S: quant.Int8KVCache.for_model(m, B, S)  # noqa: E731
+ppl_cache = cached_perplexity(model_fp32, heldout, max_windows=n_windows)
+ppl_kv8 = cached_perplexity(model_fp32, heldout, int8_cache, max_windows=n_windows)
+ppl_both = cached_perplexity(quantized(model_fp32, "int8 per channel"), heldout, int8_cache, max_windows=n_windows)
+print(f"fp32 KV cache:                   {ppl_cache:.4f} (no cache: {quality['unquantized'][0]:.4f})")
+print(f"int8 KV cache:                   {ppl_kv8:.4f} ({ppl_kv8 / ppl_cache - 1:+.3%})")
+print(f"int8 KV cache + int8 weights:    {ppl_both:.4f} ({ppl_both / ppl_cache - 1:+.3%})")
+
+# %%
+assert abs(ppl_cache / quality["unquantized"][0] - 1) < 1e-4, "an exact cache must not change the perplexity"
+assert abs(ppl_kv8 / ppl_cache - 1) < 0.01, "an int8 KV cache should cost under 1% perplexity"
+assert abs(ppl_both / ppl_cache - 1) < 0.02
+
+# %% [markdown]
+# For Llama 2 13B (K = N = 40 heads of H = 128, bf16 scales), the same arithmetic:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+c13 = get_config("llama2-13b")
+kv_bf16 = analysis.kv_bytes_per_token(c13)
+kv_int8 = analysis.kv_bytes_per_token(c13, bytes_per_value=1 + 2 / c13.H)
+print(f"llama2-13b KV bytes per token: bf16 {kv_bf16:,.0f}, int8 + bf16 scale per (token, head) {kv_int8:,.0f} "
+      f"({kv_int8 / kv_bf16:.3f}x)")
+for S in (1024, 4096):
+    b16 = analysis.max_batch_that_fits(c13, S)
+    b8 = analysis.max_batch_that_fits(c13, S, kv_bytes_per_value=1 + 2 / c13.H)
+    b88 = analysis.max_batch_that_fits(c13, S, bytes_per_param=1, kv_bytes_per_value=1 + 2 / c13.H)
+    print(f"  S={S}: largest batch in 80 GB: bf16 everything {b16}, int8 KV {b8}, int8 KV + int8 weights {b88}")
+assert kv_bf16 == 819_200 and kv_int8 == 416_000
+
+# %% [markdown]
+# *Takeaway: an int8 KV cache halves the cache (vs bf16) for a perplexity change far below 1%, and
+# so roughly doubles the batch that fits.*
+#
+# ## 7. How int8 weights move the critical batch size
+#
+# A decode step's weight matmuls read every weight once and do 2 FLOPs per weight per sequence. They
+# are memory-bound while
+#
+# $$\underbrace{\frac{2\,B\,P}{\text{FLOP/s}}}_{\text{compute}} < \underbrace{\frac{P \cdot \text{bytes per weight}}{\text{bandwidth}}}_{\text{memory}}
+# \quad\Longleftrightarrow\quad B < B_\text{crit} = \beta \cdot \frac{\text{FLOP/s}}{\text{bandwidth}},$$
+#
+# with β = (bytes per weight)/2 when the arithmetic runs in bf16 (the scaling book's β = bits per
+# parameter / bits per activation). bf16 weights: β = 1, the lecture's 295 for an H100. int8
+# weights dequantized to bf16: the memory time halves, the compute stays, so the crossing comes at
+# **half** the batch. If the matmul itself runs in int8 (weights *and* activations), the tensor
+# cores do twice the operations per second and B_crit is back at ~295.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+cases = [("bf16 weights, bf16 compute", 1.0, analysis.H100_FLOPS_PER_SECOND),
+         ("int8 weights, bf16 compute", 0.5, analysis.H100_FLOPS_PER_SECOND),
+         ("int4 weights, bf16 compute", 0.25, analysis.H100_FLOPS_PER_SECOND),
+         ("int8 weights, int8 compute (1979 TOPS)", 0.5, 2 * analysis.H100_FLOPS_PER_SECOND)]
+b_crit = {}
+for label, beta, flops in cases:
+    b_crit[label] = analysis.critical_batch(flops, analysis.H100_MEMORY_BANDWIDTH, beta=beta)
+    print(f"H100, {label:<40} beta = {beta:<4}  B_crit = {b_crit[label]:6.1f}")
+assert round(b_crit["bf16 weights, bf16 compute"]) == 295
+assert round(b_crit["int8 weights, bf16 compute"]) == 148
+assert round(b_crit["int8 weights, int8 compute (1979 TOPS)"]) == 295
+
+# %% [markdown]
+# The general step-time model (`analysis.step_time`, here for Llama 2 13B's weights, KV cache left
+# out) shows the same thing as a picture: int8 weights halve the memory floor, and the two curves
+# meet the compute line at B = 295 and B ≈ 148.
+
+# %%
+c13 = get_config("llama2-13b")
+Bs = np.unique(np.geomspace(1, 2048, 200).astype(int))
+fig, ax = plt.subplots()
+compute = 2 * Bs * analysis.num_params(c13) / analysis.H100_FLOPS_PER_SECOND
+ax.plot(Bs, compute * 1e3, color=COLORS["theory"], ls="--", lw=1, label="compute alone: 2·B·params / FLOP/s")
+for label, bpp, color in [("bf16 weights", 2, COLORS["cached"]), ("int8 weights", 1, COLORS["naive"]),
+                          ("int4 weights", 0.5, COLORS["reference"])]:
+    t = [analysis.step_time(c13, int(b), 0, bytes_per_param=bpp) for b in Bs]
+    ax.plot(Bs, np.array(t) * 1e3, color=color, label=label)
+    bc = analysis.critical_batch(beta=bpp / 2)
+    ax.axvline(bc, color=color, ls=":", lw=1)
+    ax.annotate(f"B_crit ≈ {bc:.0f}", (bc * 1.05, 30 if bpp == 2 else (15 if bpp == 1 else 1.2)), color=color, fontsize=8)
+ax.set(xscale="log", yscale="log", xlabel="batch size B (sequences decoded together)",
+       ylabel="time per decode step (ms)", title="Llama 2 13B on an H100 (lecture's figures): weight read vs compute")
+ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+ax.yaxis.set_minor_formatter(plt.NullFormatter())
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# What this means in practice: below B_crit (interactive serving, small batches), int8 weights make
+# each step up to 2× faster, because the step *is* the weight read. Above it, the step is
+# compute-bound and weight-only quantization saves nothing but memory; to go faster there, the
+# arithmetic itself must get cheaper (fp8/int8 matmuls, which double the tensor-core rate).
+#
+# *Takeaway: B_crit = β·(FLOP/s ÷ bandwidth); int8 weights with bf16 compute halve it (295 → 148 on
+# an H100), int8 compute restores it.*
+#
+# ## Summary
+# - Formats: bf16 for inference by default; fp8 e4m3fn reaches 448 (the lecture's 240 is
+#   e4m3fnuz); int8/int4 are integers plus a scale.
+# - x_q = round(x/scale) + zero point, x̂ = (x_q − zero point)·scale: error ≤ scale/2. absmax for
+#   symmetric values, zero-point for skewed ones.
+# - Error halves with every bit; per-channel and per-group scales lower it at the cost of storing
+#   scales.
+# - Activations of large models have outlier features that break per-token absmax; LLM.int8() keeps
+#   them in 16-bit (SmoothQuant/AWQ move or protect them instead).
+# - On the trained model: int8 weights cost < 1% perplexity, int4 more, per-group int4 less than
+#   per-channel int4; an int8 KV cache costs far less than 1%. Eager dequantization is not faster:
+#   the speed needs fused kernels (notebook 07).
+# - int8 weights halve the bytes a decode step reads, and with them B_crit.
+#
+# ## Exercises
+# 1. Quantize only the MLPs (`quant.quantize_model_(m, bits=4, group_size=16, skip=("lm_head", "wq",
+#    "wk", "wv", "wo"))`) and then only attention. Which part of the model is more sensitive?
+# 2. Use `quant.fake_quantize` on every linear weight to make a perplexity-vs-bits curve (2 to 8 bits)
+#    for per-channel and per-group scales. Where does quality fall off a cliff?
+# 3. Quantize `lm_head` too (`skip=()`). What happens to perplexity, and why is the output layer
+#    more sensitive than the others?
+# 4. In section 4, set α = 100 and vary the LLM.int8() threshold. How few outlier dims must be split
+#    off to recover the accuracy?
+# 5. With `analysis.step_time`, find the batch size at which int8 weights stop helping Llama 3 70B
+#    on an H100, and how much memory its KV cache needs there at S = 4096.
