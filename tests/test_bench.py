@@ -12,7 +12,7 @@ ROW_FIELDS = {"rung", "status", "new_tokens", "tok_per_s", "ms_per_step", "bytes
 
 def test_bench_cli_runs_on_cpu_and_writes_json(tmp_path, capsys):
     path = tmp_path / "out.json"
-    main(["decode", "--preset", "tiny", "--new", "8", "--rungs", "naive,cached,static,compiled",
+    main(["decode", "--device", "cpu", "--preset", "tiny", "--new", "8", "--rungs", "naive,cached,static,compiled",
           "--repeats", "1", "--json", str(path)])
     table = capsys.readouterr().out
     assert "tok/s" in table and "static" in table and "SKIPPED" in table  # compiled: not on a CPU
