@@ -14,24 +14,12 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
-from .checkpoints import EVAL_B, EVAL_T, EVAL_WINDOWS
+from .checkpoints import EVAL_B, EVAL_T, EVAL_WINDOWS, eval_windows  # the same windows as perplexity()
 from .quant import Int4Linear, _skipped
 
 
 # ---------------------------------------------------------------------------------------------
 # Perplexity (and KL divergence to the original) on the checkpoints' evaluation windows
-
-
-def eval_windows(tokens: torch.Tensor, T: int = EVAL_T,
-                 max_windows: int | None = EVAL_WINDOWS) -> list[int]:
-    """Indices of the windows of T + 1 tokens that ``checkpoints.perplexity`` scores: all of them,
-    or ``max_windows`` spread evenly over the text."""
-    n = (len(tokens) - 1) // T
-    if n < 1:
-        raise ValueError(f"Need at least T + 1 = {T + 1} tokens to score one window, got {len(tokens)}.")
-    if max_windows is None or max_windows >= n:
-        return list(range(n))
-    return [i * n // max_windows for i in range(max_windows)]
 
 
 @torch.no_grad()
