@@ -342,7 +342,10 @@ if not by_K[N_sweep].oom and not by_K[1].oom:
           f"bytes per step {by_K[N_sweep].bytes_per_step / by_K[1].bytes_per_step:.1f}x fewer, "
           f"step time {mha_t / mqa_t:.2f}x shorter")
     if env.on_gpu:
-        assert mqa_t < 0.5 * mha_t, "with KV reads dominating, MQA's step should be much shorter on a GPU"
+        # MHA's step is bandwidth-bound: at least its bytes over the measured copy bandwidth ...
+        assert mha_t > 0.9 * by_K[N_sweep].bytes_per_step / bandwidth_measured, "MHA's step beat the memory bound"
+        # ... and fewer KV heads shorten it, down to the eager launch floor (see the text below)
+        assert mqa_t < 0.8 * mha_t, "fewer KV heads should give a shorter decode step on a GPU"
         if by_K[N_sweep].peak_bytes and by_K[1].peak_bytes:
             assert by_K[1].peak_bytes < 0.25 * by_K[N_sweep].peak_bytes
     else:
@@ -359,6 +362,12 @@ if not by_K[N_sweep].oom and not by_K[1].oom:
 #   `scaled_dot_product_attention(enable_gqa=True)` reads the K heads in place: the G query heads of
 #   a group share one KV head instead of a repeated copy. What remains at K = 1 is the weights and
 #   a floor of kernel-launch overhead (a few hundred launches per step in eager PyTorch).
+# - **On an H100 the floor is the story.** In our stored run the MHA step (K = 16) takes a little
+#   more than its memory time (17 GB of cache over about 3 TB/s, ~5.8 ms), but every K at or below
+#   8 lands on the same ~5 ms: the time eager PyTorch needs to launch one step's kernels, whatever
+#   they read. So 13x fewer bytes gave only ~1.4x shorter steps. The bytes saved are real (the cache
+#   and peak memory shrink 16x, which is what lets the batch grow); turning them into time needs the
+#   launch overhead gone, which is notebook 07's CUDA-graph rung.
 # - **On a CPU the gain is smaller** than the bytes suggest, and that is honest: PyTorch's CPU
 #   attention kernel for a single query token is far from the memory bandwidth (compare the
 #   measured points with the dashed line). Part of its work per query head (S dot products of length
