@@ -65,7 +65,9 @@ def test_perplexity_scores_fixed_windows():
         w = torch.stack([tokens[i * 16:i * 16 + 17] for i in (0, 1, 3)])
         nll = torch.nn.functional.cross_entropy(model(w[:, :-1]).flatten(0, 1), w[:, 1:].flatten())
     assert perplexity(model, tokens, T=16, B=2, max_windows=3) == pytest.approx(math.exp(nll.item()), rel=1e-5)
-    assert perplexity(model, tokens, T=16, B=2, max_windows=None) == perplexity(model, tokens, T=16, B=5, max_windows=99)
+    # batch size only changes fp32 summation order (seen to differ in the 8th digit on another CPU)
+    assert perplexity(model, tokens, T=16, B=2, max_windows=None) == pytest.approx(
+        perplexity(model, tokens, T=16, B=5, max_windows=99), rel=1e-6)
 
 
 def test_save_and_load_round_trip_with_tied_embeddings(tmp_path):
