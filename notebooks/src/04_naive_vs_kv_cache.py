@@ -160,11 +160,11 @@ assert 1.7 < fslope_naive < 2.6 and 0.8 < fslope_cached < 1.4, "FLOP slopes: ~T^
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-for B, S in [(1, 256), (4, 1024), (16, cfg.S_max)]:
-    cache = model.new_cache(B, S)
-    formula = analysis.kv_cache_bytes(cfg, B, S, bytes_per_value=cache.k.element_size())
+for B_kv, S_kv in [(1, 256), (4, 1024), (16, cfg.S_max)]:  # B itself stays the decode batch
+    cache = model.new_cache(B_kv, S_kv)
+    formula = analysis.kv_cache_bytes(cfg, B_kv, S_kv, bytes_per_value=cache.k.element_size())
     assert cache.nbytes == formula
-    print(f"B={B:>2} S={S:>5}: formula {human_bytes(formula):>10}, allocated {human_bytes(cache.nbytes):>10}")
+    print(f"B={B_kv:>2} S={S_kv:>5}: formula {human_bytes(formula):>10}, allocated {human_bytes(cache.nbytes):>10}")
     del cache
 
 # %% [markdown]
