@@ -30,6 +30,19 @@ class NotebookEnv:
         return gpu if self.on_gpu else cpu
 
 
+def _inline_figures() -> None:
+    """Inside a Jupyter kernel, draw figures inline even if MPLBACKEND (e.g. Agg, set for headless
+    scripts) leaked into the kernel's environment: with Agg, plt.show() draws nothing and a stored
+    notebook silently loses its plots."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        shell.run_line_magic("matplotlib", "inline")
+
+
 def setup(seed: int = 0, presentation: bool | None = None, device=None, dtype=None) -> NotebookEnv:
     """Seed everything, choose device and dtype through the library, print the hardware.
 
@@ -42,6 +55,7 @@ def setup(seed: int = 0, presentation: bool | None = None, device=None, dtype=No
     torch.manual_seed(seed)
     if presentation is None:
         presentation = os.environ.get("LECTURE_PRESENTATION") == "1"
+    _inline_figures()
     plotting.use_style(presentation)
     device = torch.device(device) if device is not None else hardware.pick_device()
     dtype = hardware.check_dtype(device, dtype) if dtype is not None else hardware.pick_dtype(device)
