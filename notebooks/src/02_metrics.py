@@ -274,8 +274,8 @@ if env.on_gpu:  # the weights (GBs) cannot sit in a cache: no step can beat read
 #   only its bytes. On a CPU, this small model's weights (13 MB in fp32) even fit in the CPU caches,
 #   so DRAM bandwidth hardly matters: a step costs Python and operator-dispatch overhead (tens of
 #   small operations per layer, microseconds each) and then compute, which the dotted line adds.
-#   On a GPU the small-batch step is bound by kernel launches and Python: hundreds of kernels, a few
-#   µs each, more than the time to read the weights. Notebook 07 removes that overhead with CUDA
+#   On a GPU the small-batch step is bound by kernel launches and Python: hundreds of kernels, some
+#   10-40 µs of host time each in our H100 run, far more than the time to read the weights. Notebook 07 removes that overhead with CUDA
 #   graphs and compilation, which brings the measurement down towards the line.
 # - **At large B** the per-step work grows. In the memory-bound model it is the KV cache (B·S
 #   tokens, read per sequence) that makes latency turn upward and throughput flatten. On a GPU,
