@@ -309,7 +309,7 @@ def compute_transformer_stats(
     """
     n = num_params(cfg)
     parameter_bytes = bytes_per_param * n
-    kv_per_seq = S * (cfg.K * cfg.H) * cfg.L * 2 * kv_bytes_per_value
+    kv_per_seq = S * kv_bytes_per_token(cfg, kv_bytes_per_value)  # S·(K·H)·L·2·bytes
     memory = B * kv_per_seq + parameter_bytes
     latency = memory / memory_bandwidth
     return TransformerStats(B=B, S=S, num_params=n, parameter_bytes=parameter_bytes,
@@ -349,9 +349,8 @@ def step_time(
     """General step time (§3.1) for a config, counting parameters with the lecture's formula
     (``num_params``). Unlike ``compute_transformer_stats`` it turns compute-bound at large B.
     """
-    n = num_params(cfg)
-    kv_per_seq = S * kv_bytes_per_token(cfg, kv_bytes_per_value)
-    return step_time_from_totals(B, kv_per_seq, n, bytes_per_param * n,
+    stats = compute_transformer_stats(cfg, B, S, memory_bandwidth, bytes_per_param, kv_bytes_per_value)
+    return step_time_from_totals(B, stats.kv_bytes_per_sequence, stats.num_params, stats.parameter_bytes,
                                  flops_per_second, memory_bandwidth)
 
 
