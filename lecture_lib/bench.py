@@ -11,7 +11,9 @@ each rung times batch-B decoding (after a warm-up run; compile time is reported 
     cached    generate_cached: KV cache, eager, a host sync per token
     static    FastGenerator(compile=False): static cache, fused QKV, no host sync per token
     compiled  FastGenerator(compile=True): the step compiled, CUDA graphs on a GPU
-    int8      every linear layer int8 weight-only (per-channel scales), then the compiled path
+    int8      every linear layer int8 weight-only (per-channel scales), then the compiled path;
+              on a CUDA GPU its matrix-vector products run the Triton kernel of ``int8_gemv``
+    int8_inductor  the same, with Inductor's own fused dequantize + GEMV instead (for comparison)
     int4      every linear layer int4 (groups of 128), then the compiled path
     HF eager / HF static   transformers' LlamaForCausalLM.generate on the same shape (--hf)
 
@@ -37,12 +39,12 @@ import torch
 
 from . import analysis, hardware
 from .config import ModelConfig, get_config
-from .fast import FastGenerator, fuse_qkv_
+from .fast import FastGenerator, fuse_projections_
 from .generate import generate_cached, generate_naive
 from .model import Transformer
 from .timing import synchronize
 
-RUNGS = ("naive", "cached", "static", "compiled", "int8", "int4")
+RUNGS = ("naive", "cached", "static", "compiled", "int8", "int8_inductor", "int4")
 SHAPE_FIELDS = ("L", "D", "N", "K", "H", "F", "V")
 
 
@@ -100,7 +102,7 @@ def _time_generate(fn, model, prompt, new, repeats):
 
 def _time_fast(model, prompt, new, repeats, compile, ctx):
     gen = FastGenerator(model, prompt.shape[0], prompt.shape[1] + new, compile=compile,
-                        fuse_qkv=ctx["fuse_qkv"], sdpa_backend=ctx["sdpa"])
+                        fuse=ctx["fuse"], sdpa_backend=ctx["sdpa"])
     log(f"    warm-up{' (compiling)' if compile else ''} ...")
     compile_s = gen.warmup(prompt.shape[1])
     runs = [gen.generate(prompt, new) for _ in range(repeats)]
@@ -123,7 +125,7 @@ def rung_cached(model, prompt, new, ctx):
 
 def rung_static(model, prompt, new, ctx):
     return _time_fast(model, prompt, new, ctx["repeats"], False, ctx) | {
-        "note": "static cache" + (", fused QKV" if ctx["fuse_qkv"] else "") + ", eager"}
+        "note": "static cache" + (", fused QKV and gate/up" if ctx["fuse"] else "") + ", eager"}
 
 
 def rung_compiled(model, prompt, new, ctx):
@@ -133,20 +135,28 @@ def rung_compiled(model, prompt, new, ctx):
     return _time_fast(model, prompt, new, ctx["repeats"], True, ctx) | {"note": f"torch.compile, {how}"}
 
 
-def _quantized(model, prompt, new, ctx, bits):
-    from . import quant
+def _quantized(model, prompt, new, ctx, bits, int8_kernel="auto"):
+    from . import int8_gemv, quant
 
     qmodel = copy.deepcopy(model)  # keep the float model for the other rungs (and HF rows)
-    if ctx["fuse_qkv"]:
-        fuse_qkv_(qmodel)  # fuse first: the fused wqkv is then quantized as one layer
+    if ctx["fuse"]:
+        fuse_projections_(qmodel)  # fuse first: wqkv and w_gate_up are then quantized as one layer each
     quant.quantize_model_(qmodel, bits=bits, skip=())  # every linear, lm_head included
+    for m in qmodel.modules():
+        if isinstance(m, quant.Int8Linear):
+            m.kernel = int8_kernel
     compile = ctx["can_compile"]
     out = _time_fast(qmodel, prompt, new, ctx["repeats"], compile, ctx)
     cfg = model.cfg
     # Bytes: the float model's, with its linear layers replaced by what they now store.
     float_linear_bytes = analysis.linear_params(cfg) * ctx["wbytes"]
     out["weight_bytes_delta"] = quant.weight_bytes(qmodel, linear_only=True) - float_linear_bytes
-    how = "compiled" if compile else "eager: dequantizes every step, slower than unquantized"
+    how = "compiled" if compile else "eager"
+    if bits == 8:
+        triton_gemv = int8_kernel == "auto" and ctx["device"].type == "cuda" and int8_gemv.HAS_TRITON
+        how += (", Triton int8 GEMV (int8_gemv)" if triton_gemv else
+                ", Inductor's fused dequantize + GEMV" if compile else
+                ", dequantizes every step: slower than unquantized")
     out["note"] = f"all linear layers incl. lm_head; {how}"
     del qmodel
     return out
@@ -154,6 +164,12 @@ def _quantized(model, prompt, new, ctx, bits):
 
 def rung_int8(model, prompt, new, ctx):
     return _quantized(model, prompt, new, ctx, 8)
+
+
+def rung_int8_inductor(model, prompt, new, ctx):
+    if not ctx["can_compile"]:
+        return {"status": "skipped", "note": "Inductor's int8 kernel needs compile (--compile-cpu)"}
+    return _quantized(model, prompt, new, ctx, 8, int8_kernel="torch")
 
 
 def rung_int4(model, prompt, new, ctx):
@@ -319,7 +335,7 @@ def _finish_row(raw: dict, cfg, B, T0, new, ctx) -> Row:
 def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: int = 256,
                dtype=None, rungs=("naive", "cached", "static", "compiled", "int8"), hf: bool = False,
                device=None, repeats: int = 3, seed: int = 0, compile_cpu: bool = False,
-               naive_new: int | None = None, fuse_qkv: bool = True, sdpa: str | None = "math",
+               naive_new: int | None = None, fuse: bool = True, sdpa: str | None = "math",
                check_tokens: bool = True, bandwidth: float | None = None) -> dict:
     """Run the benchmark; returns a JSON-ready dict (``format_table`` prints it).
     ``bandwidth`` (bytes/s): use this instead of measuring the copy bandwidth (tests)."""
@@ -345,7 +361,7 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
     if naive_new is None:  # naive is O(T^2) work a token: keep it to a minute on a CPU
         naive_new = new if device.type == "cuda" or n_params < 5e7 else min(new, 32)
     ctx = {"device": device, "dtype": dtype, "wbytes": torch.finfo(dtype).bits // 8, "bandwidth": bw,
-           "repeats": repeats, "seed": seed, "naive_new": min(naive_new, new), "fuse_qkv": fuse_qkv,
+           "repeats": repeats, "seed": seed, "naive_new": min(naive_new, new), "fuse": fuse,
            "sdpa": sdpa, "can_compile": device.type == "cuda" or compile_cpu,
            "inductor_defaults": _inductor_flags()}
     torch.manual_seed(seed + 1)
@@ -387,7 +403,7 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
         "roofline_tok_per_s": batch * bw / analysis.decode_bytes_per_step(
             cfg, batch, prompt_len + new / 2, ctx["wbytes"], ctx["wbytes"]),
         "greedy_tokens_agree": agree,
-        "settings": {"fuse_qkv": fuse_qkv, "sdpa_backend_decode": sdpa or "default",
+        "settings": {"fuse": fuse, "sdpa_backend_decode": sdpa or "default",
                      "naive_new": ctx["naive_new"], "compile_on_cpu": compile_cpu,
                      "inductor_coordinate_descent_tuning_fast_path": device.type == "cuda"},
         "rows": [asdict(r) for r in rows],
@@ -458,7 +474,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="run compiled/int8 rungs with Inductor on a CPU")
     d.add_argument("--naive-new", type=int, help="new tokens for the naive rung (default: all on a GPU, "
                    "capped at 32 on a CPU for models over 50M parameters)")
-    d.add_argument("--no-fuse-qkv", action="store_true", help="keep separate Q, K, V projections")
+    d.add_argument("--no-fuse", action="store_true",
+                   help="keep separate Q, K, V (and gate, up) projections in the fast rungs")
     d.add_argument("--sdpa", default="math",
                    choices=["math", "default", "flash_attention", "efficient_attention"],
                    help="SDPA backend for fast-path decode steps on CUDA (default math)")
@@ -484,7 +501,7 @@ def main(argv=None) -> dict:
         cfg, batch=args.batch, prompt_len=args.prompt, new=args.new,
         dtype=hardware.as_torch_dtype(args.dtype) if args.dtype else None, rungs=rungs, hf=args.hf,
         device=device, repeats=args.repeats, seed=args.seed, compile_cpu=args.compile_cpu,
-        naive_new=args.naive_new, fuse_qkv=not args.no_fuse_qkv,
+        naive_new=args.naive_new, fuse=not args.no_fuse,
         sdpa=None if args.sdpa == "default" else args.sdpa)
     print(format_table(result))
     if args.json:

@@ -12,7 +12,8 @@ step), and a host sync (``.tolist()``) to learn the token. ``FastGenerator`` rem
 3. no host sync per token: the position lives on the device, the next token is picked on the
    device (greedy argmax, or sampling as ``argmax(probs / Exponential(1) noise)``), and tokens are
    collected on the device and copied to the host once at the end;
-4. one fused QKV projection (``Attention.fuse_qkv``): one matrix-vector product instead of three.
+4. fused projections: one QKV matrix (``Attention.fuse_qkv``) and one gate-and-up matrix
+   (``SwiGLU.fuse_gate_up``), so one matrix-vector product (one kernel) instead of three and two.
 
     gen = FastGenerator(model, B=1, S_max=prompt_len + new_tokens)   # compile=True on CUDA
     gen.warmup(prompt_len)            # compiles and records the graph; returns the seconds it took
@@ -106,18 +107,21 @@ def pick_next(logits: torch.Tensor, temperature: torch.Tensor | None = None,
     return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
 
 
-def fuse_qkv_(model: Transformer) -> int:
-    """Fuse Q, K, V in every layer that still has plain ``nn.Linear`` ones; returns how many
-    layers are fused now. Quantized layers are left alone (fuse before quantizing)."""
+def fuse_projections_(model: Transformer) -> int:
+    """Fuse Q, K, V (``Attention.fuse_qkv``) and the MLP's gate and up (``SwiGLU.fuse_gate_up``)
+    in every layer where they are still plain ``nn.Linear``; returns how many layers are fully
+    fused now. Quantized layers are left alone (fuse before quantizing)."""
     fused = 0
     for block in model.layers:
-        attn = block.attn
+        attn, mlp = block.attn, block.mlp
         if attn.wqkv is None and all(type(getattr(attn, n)) is nn.Linear for n in ("wq", "wk", "wv")):
             attn.fuse_qkv()
-        fused += attn.wqkv is not None
+        if mlp.w_gate_up is None and all(type(getattr(mlp, n)) is nn.Linear for n in ("w_gate", "w_up")):
+            mlp.fuse_gate_up()
+        fused += attn.wqkv is not None and mlp.w_gate_up is not None
     if fused < len(model.layers):
-        warnings.warn("fuse_qkv: some layers have quantized wq/wk/wv and stay unfused; "
-                      "call model.layers[i].attn.fuse_qkv() before quantize_model_.", stacklevel=3)
+        warnings.warn("fuse_projections_: some layers have quantized projections and stay unfused; "
+                      "fuse (FastGenerator or fuse_projections_) before quantize_model_.", stacklevel=3)
     return fused
 
 
@@ -157,7 +161,7 @@ class FastGeneration:
 class FastGenerator:
     """Batch-B decoding at fixed shapes, optionally compiled with CUDA graphs.
 
-    ``model``: a ``Transformer`` (with ``fuse_qkv`` its Q/K/V layers are fused *in place*).
+    ``model``: a ``Transformer``; with ``fuse`` its Q/K/V and gate/up layers are fused *in place*.
     ``S_max``: the static cache length (default ``model.cfg.S_max``). Every step reads all of it
     (the tail is masked, not skipped), so pick the smallest that fits prompt + new tokens.
     ``compile``: compile the decode step (default: on CUDA only; Inductor on a CPU works but
@@ -168,7 +172,7 @@ class FastGenerator:
     """
 
     def __init__(self, model: Transformer, B: int, S_max: int | None = None, *, compile: bool | None = None,
-                 fuse_qkv: bool = True, compile_prefill: bool = False, sdpa_backend: str | None = "math"):
+                 fuse: bool = True, compile_prefill: bool = False, sdpa_backend: str | None = "math"):
         self.model = model.eval()
         self.cfg = model.cfg
         self.B = B
@@ -176,8 +180,8 @@ class FastGenerator:
         dtype = model.norm.weight.dtype  # lm_head may be quantized; the norms keep the model dtype
         self.compiled = (self.device.type == "cuda") if compile is None else compile
         self.cudagraphs = self.compiled and self.device.type == "cuda"
-        if fuse_qkv:
-            fuse_qkv_(model)
+        if fuse:
+            fuse_projections_(model)
         self.cache = StaticKVCache(self.cfg, B, S_max or self.cfg.S_max, device=self.device, dtype=dtype)
         # Step inputs at fixed addresses: the token being fed, its position, the temperature.
         self._token = torch.zeros(B, 1, dtype=torch.long, device=self.device)

@@ -94,8 +94,26 @@ class SwiGLU(nn.Module):
         self.w_gate = nn.Linear(cfg.D, cfg.F, bias=False)
         self.w_up = nn.Linear(cfg.D, cfg.F, bias=False)
         self.w_down = nn.Linear(cfg.F, cfg.D, bias=False)
+        self.w_gate_up: nn.Linear | None = None  # set by fuse_gate_up()
+
+    @torch.no_grad()
+    def fuse_gate_up(self) -> None:
+        """Replace w_gate and w_up by one ``w_gate_up`` Linear with their weights stacked ([2F D]):
+        both read the same input, so in decode one GEMV (one kernel) does the work of two. Same
+        function up to float rounding; used by ``lecture_lib.fast``. Fuse before quantizing."""
+        if self.w_gate_up is not None:
+            return
+        if not all(type(m) is nn.Linear for m in (self.w_gate, self.w_up)):
+            raise TypeError("fuse_gate_up needs w_gate, w_up to be plain nn.Linear: fuse before quantizing.")
+        w = torch.cat([self.w_gate.weight, self.w_up.weight])  # 2F x D
+        self.w_gate_up = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+        self.w_gate_up.weight = nn.Parameter(w)
+        del self.w_gate, self.w_up
 
     def forward(self, x):
+        if self.w_gate_up is not None:
+            gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+            return self.w_down(F_.silu(gate) * up)
         return self.w_down(F_.silu(self.w_gate(x)) * self.w_up(x))
 
 

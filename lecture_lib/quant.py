@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
+from . import int8_gemv
 from .config import ModelConfig
 from .kv_cache import KVCache
 
@@ -313,7 +314,13 @@ class Int8Linear(nn.Module):
     the dot product, so it is applied to the output. Eager, this reads int8, writes a full-
     precision copy and reads it again, slower than bf16; under ``torch.compile`` Inductor fuses
     the conversion into the matrix-vector product, and decode reads 1 byte per weight instead of 2.
+    On a CUDA GPU with Triton, decode-sized inputs (at most ``int8_gemv.MAX_ROWS`` rows) go to a
+    hand-written int8 matrix-vector kernel instead (``int8_gemv``), which reads the int8 weights
+    much closer to the memory bandwidth than Inductor's. Set ``kernel = "torch"`` on a layer (or
+    the class) to keep the portable form everywhere.
     """
+
+    kernel = "auto"  # "auto": the Triton kernel where int8_gemv.use_kernel(x) allows; "torch"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *,
                  scale_dtype=torch.float32, device=None):
@@ -340,7 +347,10 @@ class Int8Linear(nn.Module):
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F_.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+        if self.kernel == "auto" and int8_gemv.use_kernel(x):
+            y = torch.ops.lecture_lib.int8_linear(x, self.weight, self.scales)
+        else:
+            y = F_.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:

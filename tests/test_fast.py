@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lecture_lib import ModelConfig, Transformer
-from lecture_lib.fast import FastGenerator, StaticKVCache, fuse_qkv_, pick_next
+from lecture_lib.fast import FastGenerator, StaticKVCache, fuse_projections_, pick_next
 from lecture_lib.generate import generate_cached
 
 
@@ -20,7 +20,7 @@ def test_fast_greedy_tokens_equal_generate_cached(K, fuse):
     model = model_with(K)
     prompt = torch.randint(0, 97, (3, 11))
     ref = generate_cached(model, prompt, 30).tokens
-    gen = FastGenerator(copy.deepcopy(model), B=3, S_max=60, fuse_qkv=fuse)
+    gen = FastGenerator(copy.deepcopy(model), B=3, S_max=60, fuse=fuse)
     assert not gen.compiled  # CPU default: eager
     out = gen.generate(prompt, 30)
     assert out.tokens.shape == (3, 30) and out.tokens.device.type == "cpu"
@@ -32,19 +32,21 @@ def test_fast_greedy_tokens_equal_generate_cached(K, fuse):
     assert torch.equal(gen.generate(short, 20).tokens, generate_cached(model, short, 20).tokens)
 
 
-def test_fused_qkv_gives_the_same_logits():
+def test_fused_projections_give_the_same_logits():
     model = model_with(2)
     x = torch.randint(0, 97, (2, 13))
     with torch.no_grad():
         before = model(x)
         n_params = model.num_params()
-        assert fuse_qkv_(model) == 2
+        assert fuse_projections_(model) == 2
         after = model(x)
-    attn = model.layers[0].attn
+    attn, mlp = model.layers[0].attn, model.layers[0].mlp
     assert attn.wqkv.weight.shape == ((8 + 2 * 2) * 8, 64) and not hasattr(attn, "wq")
+    assert mlp.w_gate_up.weight.shape == (2 * model.cfg.F, 64) and not hasattr(mlp, "w_up")
     assert model.num_params() == n_params  # the same weights, stacked: no copy kept
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
     attn.fuse_qkv()  # idempotent
+    mlp.fuse_gate_up()
 
 
 def test_fuse_qkv_refuses_quantized_layers():
@@ -53,6 +55,8 @@ def test_fuse_qkv_refuses_quantized_layers():
     model = quantize_model_(model_with(2), bits=8)
     with pytest.raises(TypeError, match="fuse before quantizing"):
         model.layers[0].attn.fuse_qkv()
+    with pytest.raises(TypeError, match="fuse before quantizing"):
+        model.layers[0].mlp.fuse_gate_up()
     with pytest.warns(UserWarning, match="stay unfused"):
         gen = FastGenerator(model, B=1, S_max=30)  # still works, unfused
     assert gen.generate(torch.randint(0, 97, (1, 4)), 5).tokens.shape == (1, 5)
