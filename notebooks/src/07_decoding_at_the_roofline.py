@@ -14,9 +14,10 @@
 # |---|---|---|
 # | `naive` | the whole sequence through the model at every step | (nothing: it recomputes the prefix) |
 # | `cached` | KV cache, one token a step, eager PyTorch, the token copied to the host every step | recomputation |
-# | `static` | `FastGenerator(compile=False)`: cache at fixed shapes written in place (unused tail masked), fused QKV, token and position kept on the device | changing shapes and per-token host syncs |
+# | `static` | `FastGenerator(compile=False)`: cache at fixed shapes written in place (unused tail masked), Q/K/V and gate/up projections fused, token and position kept on the device | changing shapes and per-token host syncs |
 # | `compiled` | the one-token step under `torch.compile(mode="reduce-overhead", fullgraph=True)`: one CUDA graph replays the whole step | kernel-launch overhead |
-# | `int8` | every linear layer int8 weight-only (one scale per output row), compiled | half the weight bytes |
+# | `int8` | every linear layer int8 weight-only (one scale per output row), compiled; on a CUDA GPU its matrix-vector products run a hand-written Triton kernel (`lecture_lib.int8_gemv`) | half the weight bytes |
+# | `int8_inductor` (GPU) | the same int8 model, with the kernel Inductor generates by itself instead | (the same bytes: a kernel comparison) |
 #
 # In this notebook you will
 # 1. compute the roofline of one decode step for real model shapes (the bytes a step must read),
@@ -24,8 +25,8 @@
 #    bandwidth measured in the same run) and draw it against the roofline,
 # 3. compare with reference runs on an H100 (a Llama-3.2-1B-like and a Llama-3-8B shape, with
 #    Hugging Face `generate` on the same shapes), shipped in `data/reference/`,
-# 4. see why eager PyTorch on a GPU is far below the roofline (it is launch-bound), why int8
-#    weights need the compiler, and why even compiled they may gain less than their bytes promise.
+# 4. see why eager PyTorch on a GPU is far below the roofline (it is launch-bound), and why int8
+#    weights pay off only with a kernel that reads the int8 bytes as fast as the memory allows.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -109,7 +110,7 @@ for name in ["llama3.2-1b-like", "llama3-8b"]:
 #
 # Sizes by device:
 # - **GPU**: the Llama-3.2-1B-like shape in bf16 (the reference's first shape), 128 new tokens.
-#   `compiled` and `int8` each compile the decode step first: tens of seconds each on an H100
+#   `compiled`, `int8` and `int8_inductor` each compile the decode step first: tens of seconds each on an H100
 #   (more on a small Colab machine). That time is reported separately (`warm-up s`) and is not
 #   part of tokens/s.
 # - **CPU**: a 31M-parameter model in fp32 (124 MB of weights: larger than a CPU's caches, so
@@ -123,7 +124,8 @@ for name in ["llama3.2-1b-like", "llama3-8b"]:
 cpu_cfg = get_config("small").replace(L=8, D=512, N=8, K=2, H=64, F=1408, V=8192, name="cpu-31m")
 cfg = env.size(cpu=cpu_cfg, gpu=get_config("llama3.2-1b-like"))
 PROMPT, NEW = 16, env.size(cpu=64, gpu=128)
-RUNGS = ["naive", "cached", "static", "compiled", "int8"]  # add "int4" on an Ampere-or-newer GPU
+RUNGS = ["naive", "cached", "static", "compiled", "int8"] + env.size(cpu=[], gpu=["int8_inductor"])
+# (add "int4" on an Ampere-or-newer GPU)
 COMPILE_ON_CPU = False
 print(f"{cfg.name}: L={cfg.L} D={cfg.D} N={cfg.N} K={cfg.K} H={cfg.H} F={cfg.F} V={cfg.V}, "
       f"{analysis.num_params_exact(cfg) / 1e6:,.1f}M parameters, {hardware.dtype_name(env.dtype)}; "
@@ -145,7 +147,7 @@ print(f"(the whole ladder took {time.perf_counter() - t0:.0f} s)\n")
 print(bench.format_table(result))
 rows = {r["rung"]: r for r in result["rows"] if r["status"] == "ok"}
 for r in result["rows"]:
-    if r["rung"] in ("compiled", "int8", "int4") and r["status"] == "ok" and env.on_gpu:
+    if r["rung"] in ("compiled", "int8", "int8_inductor", "int4") and r["status"] == "ok" and env.on_gpu:
         print(f"{r['rung']}: first run (compile + CUDA-graph capture) {r['compile_s']:.1f} s, not counted in tokens/s")
 if not env.on_gpu and not COMPILE_ON_CPU:
     print("compile is off on a CPU (COMPILE_ON_CPU = False): 'compiled' is skipped and 'int8' runs eager")
@@ -207,10 +209,11 @@ for ref in references:
 # NBVAL_IGNORE_OUTPUT
 LABELS = {"naive": "naive\nrecomputes\nthe prefix", "cached": "cached\n− recompu-\ntation",
           "static": "static\n− changing\nshapes, syncs", "compiled": "compiled\n− launch\noverhead",
-          "int8": "int8\n− bytes", "int4": "int4\n− bytes", "HF eager": "HF\ngenerate()\neager",
+          "int8": "int8\n− bytes", "int8_inductor": "int8,\nInductor's\nkernel", "int4": "int4\n− bytes",
+          "HF eager": "HF\ngenerate()\neager",
           "HF static": "HF\ngenerate()\nstatic cache"}
 BAR_COLORS = {"naive": COLORS["naive"], "cached": COLORS["cached"], "static": "#17becf", "compiled": COLORS["measured"],
-              "int8": "#8c564b", "int4": "#e377c2"}
+              "int8": "#8c564b", "int8_inductor": "#c49c94", "int4": "#e377c2"}
 
 
 def draw_ladder(ax, res, title):
@@ -402,7 +405,7 @@ gemv_bw = w_bytes / t_float
 print(f"one matrix-vector product, {out_f}x{in_f} {hardware.dtype_name(env.dtype)} ({human_bytes(w_bytes)}): "
       f"{t_float * 1e3:.3f} ms -> reads at {gemv_bw / 1e9:,.0f} GB/s = {gemv_bw / result['bandwidth_bytes_per_s']:.0%} "
       f"of the copy bandwidth ({result['bandwidth_bytes_per_s'] / 1e9:,.0f} GB/s)")
-best = max(rows.values(), key=lambda r: r["gb_per_s"] if r["rung"] not in ("int8", "int4") else 0)
+best = max(rows.values(), key=lambda r: r["gb_per_s"] if not r["rung"].startswith("int") else 0)
 print(f"best unquantized rung here, {best['rung']}: {best['gb_per_s']:,.0f} GB/s = {best['gb_per_s'] * 1e9 / gemv_bw:.0%} of that "
       f"ceiling; a decoder made of perfect GEMVs would reach about {gemv_bw / best['bytes_per_step']:,.0f} tokens/s")
 
@@ -415,50 +418,82 @@ print(f"best unquantized rung here, {best['rung']}: {best['gb_per_s']:,.0f} GB/s
 # close most of it, and the rest is how well a matrix-vector kernel streams memory.*
 
 # %% [markdown]
-# ## 5. Why int8 needs the compiler
+# ## 5. Why int8 needs the right kernel
 #
-# int8 weight-only quantization stores 1 byte a weight and one scale per output row; the layer
-# computes `F.linear(x, W_int8.to(x.dtype)) * scales` (`quant.Int8Linear`). Run eagerly, that
-# line is three steps: read the int8 weight (1 byte a weight), **write a full-precision copy**
-# (2 bytes in bf16, 4 in fp32), then read that copy for the matrix-vector product: 5 bytes a weight
-# in bf16 instead of 2. On a large layer eager int8 is *slower* than not quantizing. Under
-# `torch.compile`, Inductor fuses the conversion into the matrix-vector kernel, which then reads
-# 1 byte a weight (on a GPU below, we compile it; the ladder's `int8` rung is compiled the same way).
+# int8 weight-only quantization stores 1 byte a weight and one scale per output row
+# (`quant.Int8Linear`). Its portable form is `F.linear(x, W_int8.to(x.dtype)) * scales`. Run
+# eagerly, that line is three steps: read the int8 weight (1 byte a weight), **write a
+# full-precision copy** (2 bytes in bf16, 4 in fp32), then read that copy for the matrix-vector
+# product: 5 bytes a weight in bf16 instead of 2. On a large layer eager int8 is *slower* than not
+# quantizing. The bytes are saved only by a kernel that reads the int8 weights and converts them
+# in registers. Two ways to get one:
 #
-# Measured on the same matrix as above:
+# - **let the compiler fuse it**: under `torch.compile`, Inductor fuses the conversion into a
+#   matrix-vector kernel it generates (the `int8_inductor` rung);
+# - **write the kernel**: `lecture_lib.int8_gemv` is a short Triton kernel. Each program takes
+#   a few output rows, walks along K loading a tile of int8 weights (contiguous, so the loads are
+#   wide) and the matching piece of x, accumulates their products in float32 registers, and
+#   applies the row scales once at the end; the tile sizes are autotuned per matrix shape. On a
+#   CUDA GPU, `Int8Linear` calls it for inputs of at most `int8_gemv.MAX_ROWS` rows (decode), and
+#   the ladder's `int8` rung uses it.
+#
+# Measured on the same matrix as above. On a GPU each kernel is timed as a CUDA-graph replay of
+# 10 calls, as in the compiled decode step (eager, the launch overhead of tens of µs would be a
+# large part of a 50 µs kernel):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+from lecture_lib import int8_gemv
+from lecture_lib.timing import capture_cuda_graph
+
+
+def graph_seconds(fn, reps=10):
+    """Seconds per fn(xv) on a GPU: replays of a CUDA graph of `reps` calls (no launch overhead)."""
+    graphed = capture_cuda_graph(lambda x: [fn(x) for _ in range(reps)][-1], xv)
+    return time_fn(graphed, warmup=3, repeats=20, device=env.device).median / reps
+
+
 q8 = quant.Int8Linear.from_linear(big)
+q8.kernel = "torch"  # the portable form, even on a GPU
+eb = big.weight.element_size()
+n_w = q8.weight.numel()
 with torch.inference_mode():
     t_eager8 = time_fn(q8, xv, warmup=3, repeats=env.size(10, 50), device=env.device).median
-eb = big.weight.element_size()
-print(f"{hardware.dtype_name(env.dtype)} weight: {t_float * 1e3:8.3f} ms ({eb} bytes a weight read)")
-print(f"int8, eager:  {t_eager8 * 1e3:8.3f} ms ({t_eager8 / t_float:.2f}x; reads 1 + writes {eb} + reads {eb} = "
-      f"{1 + 2 * eb} bytes a weight, and allocates the copy every call)")
-t_fused8, fused = None, None
-if env.on_gpu:  # on a CPU compiling takes long and the lesson is the same
-    try:
-        fused = torch.compile(q8)
-        with torch.inference_mode():
-            t_fused8 = time_fn(fused, xv, warmup=3, repeats=50, device=env.device).median
-        print(f"int8, compiled: {t_fused8 * 1e3:6.3f} ms ({t_fused8 / t_float:.2f}x; the conversion fused "
-              f"into the GEMV: {q8.weight.numel() / t_fused8 / 1e9:,.0f} GB/s of int8 weights)")
-    except Exception as e:  # report and go on: the ladder above already has the compiled int8 rung
-        print(f"compiling the int8 layer failed here ({type(e).__name__}: {str(e)[:200]})")
-del big, q8, xv, fused
+    t_graph = {}
+    if env.on_gpu:  # on a CPU compiling takes long and the lesson of the eager line is the same
+        t_graph[f"{hardware.dtype_name(env.dtype)} weight (cuBLAS)"] = (graph_seconds(big), eb)
+        try:
+            t_graph["int8, Inductor's fused kernel"] = (graph_seconds(torch.compile(q8)), 1)
+        except Exception as e:  # report and go on: the ladder above already has the int8 rungs
+            print(f"compiling the int8 layer failed here ({type(e).__name__}: {str(e)[:200]})")
+        if int8_gemv.available():
+            t_graph["int8, Triton kernel (int8_gemv)"] = (graph_seconds(
+                lambda x: int8_gemv.int8_linear(x, q8.weight, q8.scales)), 1)
+print(f"{hardware.dtype_name(env.dtype)} weight, eager: {t_float * 1e3:8.3f} ms ({eb} bytes a weight read)")
+print(f"int8 portable form, eager: {t_eager8 * 1e3:8.3f} ms ({t_eager8 / t_float:.2f}x; reads 1 + writes {eb} + "
+      f"reads {eb} = {1 + 2 * eb} bytes a weight, and allocates the copy every call)")
+for name, (t, b) in t_graph.items():
+    print(f"{name + ', graph:':<40} {t * 1e3:8.3f} ms, reads {n_w * b / t / 1e9:6,.0f} GB/s "
+          f"= {n_w * b / t / result['bandwidth_bytes_per_s']:.0%} of the copy bandwidth")
+assert t_eager8 > 0.8 * t_float, "the eager portable int8 form should not be a real speed-up over the unquantized weight"
+if len(t_graph) == 3:
+    (t16, _), (t_ind, _), (t_tri, _) = t_graph.values()
+    assert t_tri < 0.8 * t16, "the int8 kernel should beat the unquantized GEMV clearly on a large matrix"
+    print(f"int8 / {hardware.dtype_name(env.dtype)} time: Inductor's {t_ind / t16:.2f}, Triton's {t_tri / t16:.2f} "
+          f"(the bytes alone would give {1 / eb:.2f})")
+del big, q8, xv
 if env.on_gpu:
     torch.cuda.empty_cache()
-assert t_eager8 > 0.8 * t_float, "eager int8 should not be a real speed-up over the unquantized weight"
 
 # %% [markdown]
-# Even compiled, int8 can gain much less than the 2× its bytes promise. Two reasons:
+# Even with a good kernel, int8 gains less than the 2× its bytes promise in a whole decode step:
 # 1. **Halving the bytes halves only the memory part of the step.** With section 4's split of the
-#    compiled rung, int8 should take (rest + memory time × int8 bytes / bf16 bytes).
-# 2. **The fused kernel must stream its bytes as fast as the bf16 one.** A GEMV that also converts
-#    every weight and multiplies by its row's scale does more work per byte; if it reads its int8
-#    bytes at a lower GB/s than the bf16 GEMV reads its bf16 bytes, part or all of the gain is gone.
-#    Compare the achieved GB/s of the two rows.
+#    compiled rung, int8 should take (rest + memory time × int8 bytes / bf16 bytes): the
+#    launch gaps between a step's hundreds of kernels, the attention and the norms stay.
+# 2. **The kernel must stream its int8 bytes as fast as the bf16 GEMV streams its bf16 bytes.** A
+#    kernel that reads half the bytes also runs half as long, so its fixed costs (ramping up,
+#    the tail of the last wave of programs) weigh twice as much; small matrices suffer most.
+#    Compare the achieved GB/s of the rows.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -466,29 +501,34 @@ for res, where in [(result, "this device")] + [(ref, "reference " + ref["device_
     split = {rung: (ms, mem, rest) for rung, ms, mem, rest in time_split(res)}
     by = {r["rung"]: r for r in res["rows"] if r["status"] == "ok"}
     if "compiled" in by and "int8" in by:
-        c16, c8 = by["compiled"], by["int8"]
+        c16 = by["compiled"]
         ms, mem, rest = split["compiled"]
-        ratio = c8["bytes_per_step"] / c16["bytes_per_step"]
         print(f"{where}, {res['model']['name']}:")
-        print(f"  compiled {c16['tok_per_s']:7,.0f} tok/s, reading {c16['gb_per_s']:6,.0f} GB/s")
-        print(f"  int8     {c8['tok_per_s']:7,.0f} tok/s, reading {c8['gb_per_s']:6,.0f} GB/s "
-              f"({c8['tok_per_s'] / c16['tok_per_s']:.2f}x compiled; bytes alone: {1 / ratio:.2f}x; bytes with "
-              f"the rest of the step unchanged: {1e3 / (rest + mem * ratio) / c16['tok_per_s']:.2f}x)")
+        print(f"  {'compiled':<14} {c16['tok_per_s']:7,.0f} tok/s, reading {c16['gb_per_s']:6,.0f} GB/s")
+        for rung in ("int8", "int8_inductor"):
+            if rung in by:
+                c8 = by[rung]
+                ratio = c8["bytes_per_step"] / c16["bytes_per_step"]
+                print(f"  {rung:<14} {c8['tok_per_s']:7,.0f} tok/s, reading {c8['gb_per_s']:6,.0f} GB/s "
+                      f"({c8['tok_per_s'] / c16['tok_per_s']:.2f}x compiled; bytes alone: {1 / ratio:.2f}x; bytes with "
+                      f"the rest of the step unchanged: {1e3 / (rest + mem * ratio) / c16['tok_per_s']:.2f}x)")
     else:
         print(f"{where}, {res['model']['name']}: no compiled int8 rung to compare (compile off, or a rung missing)")
 
 # %% [markdown]
-# Where the int8 row reads well below the compiled bf16 row's GB/s (as in the H100 reference
-# runs), the fused int8 kernel is the bottleneck, not the bytes: Inductor's generated
-# dequantize-and-GEMV is not as close to the memory's speed as the bf16 GEMV, and the model that
-# gains most is the larger one, where the memory part dominates. Reaching the 2× takes a faster
-# int8 kernel (hand-written ones exist in production engines); the ceiling is set by the bytes.
-# (On a CPU with compile off, the ladder's `int8` runs eager: a small model's layers are small
-# enough that the dequantized copy can stay in the CPU's caches, so there it may land on either
-# side of the unquantized rungs; check your table.)
+# In the H100 reference runs, the hand-written kernel is what makes int8 pay: at the 8B shape it
+# decodes about 1.5× faster than compiled bf16, against about 1.2× with Inductor's generated
+# kernel, whose int8 GB/s stays far below the bf16 row's. The larger model gains more, because
+# the memory part of its step dominates; at the 1B-like shape the fixed costs of the step (the
+# "rest" of section 4) leave less to gain. The 2× of the bytes stays out of reach: the rest of
+# the step does not shrink, and the int8 kernel reads below the copy bandwidth.
+# (On a CPU with compile off, the ladder's `int8` runs the eager portable form: a small model's
+# layers are small enough that the dequantized copy can stay in the CPU's caches, so there it may
+# land on either side of the unquantized rungs; check your table.)
 #
-# *Takeaway: quantized weights cut time only if the dequantization happens inside the kernel
-# that reads them, and that kernel streams its bytes as fast as the unquantized one.*
+# *Takeaway: quantized weights cut time only if the kernel that reads them does the
+# dequantization in registers and streams its bytes as fast as the unquantized one; that can take
+# a hand-written kernel.*
 
 # %% [markdown]
 # ## Summary
@@ -497,8 +537,9 @@ for res, where in [(result, "this device")] + [(ref, "reference " + ref["device_
 # - The ladder: the KV cache removes recomputation; a static cache removes changing shapes and
 #   host syncs (by itself, no faster); compiling the step with CUDA graphs removes the per-kernel
 #   launch overhead that dominates eager PyTorch on a GPU (this is the big step); int8 weights
-#   remove bytes, need the compiler to fuse their dequantization, and pay off only as far as that
-#   fused kernel streams its bytes as fast as the bf16 one.
+#   remove bytes, need a kernel that dequantizes in registers, and pay off only as far as that
+#   kernel streams its bytes as fast as the bf16 one (here, a hand-written Triton kernel beat the
+#   one Inductor generates).
 # - On a GPU, eager PyTorch runs far below the roofline because it is launch-bound: hundreds of
 #   operations at tens of microseconds each against under a millisecond of memory time. On a CPU
 #   the memory is slow enough that eager gets much closer.
