@@ -156,7 +156,7 @@ def _quantized(model, prompt, new, ctx, bits, int8_kernel="auto"):
         triton_gemv = int8_kernel == "auto" and ctx["device"].type == "cuda" and int8_gemv.HAS_TRITON
         how += (", Triton int8 GEMV (int8_gemv)" if triton_gemv else
                 ", Inductor's fused dequantize + GEMV" if compile else
-                ", dequantizes every step: slower than unquantized")
+                ", writes a dequantized copy of each weight every step")  # faster or slower: see the table
     out["note"] = f"all linear layers incl. lm_head; {how}"
     del qmodel
     return out

@@ -3,6 +3,7 @@ template around them, and optionally execute them.
 
     python notebooks/build.py                 # rebuild every notebook (outputs are dropped)
     python notebooks/build.py 04 --execute    # rebuild and run notebook 04 in place
+    python notebooks/build.py 07 --keep-outputs  # markdown edits only: keep the stored run's outputs
 
 Source format: cells start at lines ``# %%`` (code) or ``# %% [markdown]`` (markdown lines are
 comments, ``# `` stripped). The template adds, to every notebook:
@@ -106,6 +107,19 @@ def execute(nb: nbformat.NotebookNode, timeout: int = 1200) -> None:
         nb.metadata.pop("widgets", None)  # saved widget state: large, and stale without a kernel
 
 
+def keep_outputs(nb, stored_path: Path) -> None:
+    """Copy the stored notebook's outputs into the rebuilt one, for edits that touch only markdown.
+    Refuses if any code cell changed: those outputs were produced by the old code."""
+    stored = nbformat.read(stored_path, as_version=4)
+    new_code = [c for c in nb.cells if c.cell_type == "code"]
+    old_code = [c for c in stored.cells if c.cell_type == "code"]
+    if [c.source for c in new_code] != [c.source for c in old_code]:
+        raise SystemExit(f"{stored_path.name}: code cells changed since the stored run; "
+                         f"execute it instead (python notebooks/build.py {stored_path.name[:2]} --execute)")
+    for new, old in zip(new_code, old_code):
+        new.outputs, new.execution_count = old.outputs, old.execution_count
+
+
 def readme_table(sources: list[Path]) -> str:
     """The README's notebook table: number, title, lecture section, Colab badge."""
     rows = ["| # | notebook | follows | Colab |", "|---|---|---|---|"]
@@ -131,6 +145,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("only", nargs="*", help="notebook number prefixes, e.g. 04 07 (default: all)")
     p.add_argument("--execute", action="store_true", help="run each notebook and store its outputs")
+    p.add_argument("--keep-outputs", action="store_true",
+                   help="keep the stored outputs (only if no code cell changed): for markdown edits")
     args = p.parse_args(argv)
     sources = sorted((HERE / "src").glob("[0-9][0-9]_*.py"))
     update_readme(sources)  # the table always lists every notebook
@@ -138,6 +154,8 @@ def main(argv=None) -> None:
         sources = [s for s in sources if any(s.name.startswith(o) for o in args.only)]
     for src in sources:
         nb = build(src)
+        if args.keep_outputs and not args.execute:
+            keep_outputs(nb, HERE / f"{src.stem}.ipynb")
         if args.execute:
             print(f"executing {src.stem} ...", file=sys.stderr, flush=True)
             try:

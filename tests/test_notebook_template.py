@@ -39,6 +39,17 @@ def test_stored_notebook_matches_its_source_and_template(src):
     assert printed.startswith("Hardware: "), "the first output names the hardware"
 
 
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_every_figure_is_stored(src):
+    """Each cell that draws (plt.show()) stores a PNG: a run whose kernel had a non-inline
+    matplotlib backend (e.g. MPLBACKEND=Agg) executes fine but stores no figures."""
+    stored = json.loads((src.parents[1] / f"{src.stem}.ipynb").read_text())
+    for i, cell in enumerate(stored["cells"]):
+        if cell["cell_type"] == "code" and "plt.show()" in "".join(cell["source"]):
+            pngs = [o for o in cell["outputs"] if "image/png" in o.get("data", {})]
+            assert pngs, f"{src.stem}: cell {i} calls plt.show() but stored no figure: re-execute it"
+
+
 def test_readme_names_the_repository_and_every_notebook():
     readme = (ROOT / "README.md").read_text()
     assert build.repo_url() in readme
@@ -54,3 +65,19 @@ def test_markers_stand_alone():
             if re.match(r"#\s*NBVAL_", line):
                 assert re.fullmatch(r"# NBVAL_(CHECK_OUTPUT|IGNORE_OUTPUT|SKIP|RAISES_EXCEPTION)", line), \
                     f"{src.name}: marker line {line!r} must stand alone"
+
+
+def test_keep_outputs_copies_outputs_only_when_the_code_is_unchanged(tmp_path):
+    src = SOURCES[0]
+    stored_path = src.parents[1] / f"{src.stem}.ipynb"
+    stored = build.nbformat.read(stored_path, as_version=4)
+    fresh = build.build(src)
+    build.keep_outputs(fresh, stored_path)  # the stored notebook is up to date: its outputs carry over
+    assert [c.outputs for c in fresh.cells if c.cell_type == "code"] == \
+        [c.outputs for c in stored.cells if c.cell_type == "code"]
+    edited = tmp_path / stored_path.name
+    code = next(c for c in stored.cells if c.cell_type == "code")
+    code.source += "\nx = 1"
+    build.nbformat.write(stored, edited)
+    with pytest.raises(SystemExit, match="code cells changed"):
+        build.keep_outputs(build.build(src), edited)

@@ -163,7 +163,10 @@ for P, t, m in zip(prompt_lengths, ttft, ttft_model):
     print(f"P={P:>5}: TTFT {t * 1e3:8.2f} ms   model {m * 1e3:8.2f} ms   ({m / t:4.0%} of measured)")
 
 # %%
-assert ttft[-1] > 2 * ttft[0], "TTFT at the longest prompt should clearly exceed TTFT at the shortest"
+# At the long end TTFT must grow at least half as fast as the compute-bound model says. (Not a
+# ratio to the shortest prompt: on a GPU that one is a launch-overhead floor whose height depends
+# on the host CPU, so a fixed ratio to it passes on one machine and fails on the next.)
+assert ttft[-1] - ttft[-3] > 0.5 * (ttft_model[-1] - ttft_model[-3]), "TTFT should grow with the prompt at the long end"
 assert ttft[-1] > 1.3 * ttft[-3], "TTFT should still grow with the prompt at the long end"
 
 # %% [markdown]

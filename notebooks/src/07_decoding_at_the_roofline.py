@@ -516,12 +516,20 @@ for res, where in [(result, "this device")] + [(ref, "reference " + ref["device_
         print(f"{where}, {res['model']['name']}: no compiled int8 rung to compare (compile off, or a rung missing)")
 
 # %% [markdown]
-# In the H100 reference runs, the hand-written kernel is what makes int8 pay: at the 8B shape it
-# decodes about 1.5× faster than compiled bf16, against about 1.2× with Inductor's generated
-# kernel, whose int8 GB/s stays far below the bf16 row's. The larger model gains more, because
-# the memory part of its step dominates; at the 1B-like shape the fixed costs of the step (the
-# "rest" of section 4) leave less to gain. The 2× of the bytes stays out of reach: the rest of
-# the step does not shrink, and the int8 kernel reads below the copy bandwidth.
+# In the H100 reference runs, the hand-written kernel is what makes int8 pay: with it int8
+# decodes about 1.4× (1B-like) and 1.45× (8B) faster than compiled bf16, against about 1.15× with
+# the kernel Inductor generates, whose int8 GB/s stays well below the bf16 row's. Inductor's
+# rung also moves more from run to run: in three H100 runs of the 1B-like shape it gave 790 to
+# 960 tokens/s, while the Triton rung stayed between 945 and 980 (the compiled bf16 rung itself
+# moved between 685 and 770). The 2× of the bytes stays out of reach: the rest of the step does
+# not shrink, and the int8 kernel reads below the copy bandwidth.
+#
+# On other GPUs the balance can differ. The Triton kernel's candidate tile sizes come from a sweep
+# on an H100, and autotuning only picks among them. In a run of this notebook on an H200
+# (2026-11-27), Inductor's kernel read the large matrix faster than ours (81% against 74% of the
+# copy bandwidth) and the `int8` rung gained only 1.10× over compiled bf16 at the 1B-like shape.
+# `python -m lecture_lib.int8_gemv --preset llama3-8b --sweep` times a wider set of tile sizes on
+# your GPU.
 # (On a CPU with compile off, the ladder's `int8` runs the eager portable form: a small model's
 # layers are small enough that the dequantized copy can stay in the CPU's caches, so there it may
 # land on either side of the unquantized rungs; check your table.)
