@@ -255,15 +255,18 @@ print(f"fitted bandwidth line {ridge.bandwidth / 1e9:,.0f} GB/s = {ridge.bandwid
 #   measured bandwidth line sits well below the copy bandwidth and the fitted ridge lands to the
 #   right of the ceilings' ridge. That is a property of the kernels, not of the roofline model:
 #   the roofline is an upper bound, and real kernels can sit below it. For the same reason the
-#   CPU's slope can come out somewhat above 1 (1.24 on an idle 2-core CI machine, 0.7-0.8 on a
-#   busy one): the small-B kernels grow more efficient as B grows, so the check below accepts
-#   0.6 to 1.5, still far from the flat slope 0 of the compute-bound side.
+#   CPU's slope moves from run to run (1.24 on an idle 2-core CI machine, 0.7-0.9 on busier ones,
+#   once 0.50): the small-B kernels grow more efficient as B grows, and with a ridge near B = 20
+#   the fitted range B = 4..16 already feels the compute. So on a CPU the check below accepts
+#   0.4 to 1.5 (on a GPU 0.6 to 1.5), still far from the flat slope 0 of the compute-bound side.
 #
 # **Takeaway:** below the ridge, adding rows to a matmul is almost free. That is why batching
 # raises decode throughput.
 
 # %%
-assert 0.6 <= slope <= 1.5, f"FLOP/s should grow about linearly with B in the memory-bound region, slope {slope:.2f}"
+# On a CPU the fitted range sits close to the ridge and the timings are noisy: a looser bound there.
+assert env.size(cpu=0.4, gpu=0.6) <= slope <= 1.5, \
+    f"FLOP/s should grow about linearly with B in the memory-bound region, slope {slope:.2f}"
 assert 0.3 <= ridge.plateau_flops / ceilings.flops <= 1.5, "the sweep's plateau should be near the measured matmul ceiling"
 largest, smallest = ok[-1], ok[0]
 assert largest["flops_per_s"] > 4 * smallest["flops_per_s"], "large B should use the compute far better than B = 1"
