@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .kv_cache import check_rope_fits, write_kv
 from .model import Transformer
 from .timing import synchronize
 
@@ -49,10 +50,7 @@ class StaticKVCache:
     """
 
     def __init__(self, cfg: ModelConfig, B: int, S_max: int, *, device=None, dtype=None):
-        if S_max > cfg.S_max:
-            raise ValueError(
-                f"A KV cache of {S_max} positions is longer than the model's RoPE table "
-                f"(S_max = {cfg.S_max}); build the model with cfg.replace(S_max={S_max}).")
+        check_rope_fits(cfg, S_max)
         self.B, self.S_max = B, S_max
         shape = (B, cfg.K, S_max, cfg.H)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.L)]
@@ -75,15 +73,7 @@ class StaticKVCache:
     def update(self, layer: int, pos, k: torch.Tensor, v: torch.Tensor):
         """Write k, v ([B K T H]) at ``pos``; see ``KVCache.update`` (int: prefill, returns the
         filled prefix; 1-D device tensor: decode, returns the whole buffer, tail masked later)."""
-        if isinstance(pos, int):
-            T = k.shape[2]
-            self.check_fits(pos + T)
-            self.k[layer][:, :, pos : pos + T] = k
-            self.v[layer][:, :, pos : pos + T] = v
-            return self.k[layer][:, :, : pos + T], self.v[layer][:, :, : pos + T]
-        self.k[layer].index_copy_(2, pos, k)
-        self.v[layer].index_copy_(2, pos, v)
-        return self.k[layer], self.v[layer]
+        return write_kv(self.k[layer], self.v[layer], pos, k, v, self.check_fits)
 
 
 def pick_next(logits: torch.Tensor, temperature: torch.Tensor | None = None,

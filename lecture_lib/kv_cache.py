@@ -16,11 +16,7 @@ class KVCache(torch.nn.Module):
     def __init__(self, cfg: ModelConfig, B: int, S_max: int | None = None, *, device=None, dtype=None):
         super().__init__()
         S_max = cfg.S_max if S_max is None else S_max
-        if S_max > cfg.S_max:
-            raise ValueError(
-                f"A KV cache of {S_max} positions is longer than the model's RoPE table "
-                f"(S_max = {cfg.S_max}); build the model with cfg.replace(S_max={S_max})."
-            )
+        check_rope_fits(cfg, S_max)
         self.B, self.S_max = B, S_max
         shape = (cfg.L, B, cfg.K, S_max, cfg.H)  # L B K S H
         # Buffers (not parameters) so that model.to(...) and torch.compile treat them as state.
@@ -47,12 +43,28 @@ class KVCache(torch.nn.Module):
         1-D device tensor of positions (static path: write in place and return the whole cache,
         so that every step has the same shapes; the caller masks the unused tail).
         """
-        if isinstance(pos, int):
-            T = k.shape[2]
-            self.check_fits(pos + T)
-            self.k[layer, :, :, pos : pos + T] = k
-            self.v[layer, :, :, pos : pos + T] = v
-            return self.k[layer, :, :, : pos + T], self.v[layer, :, :, : pos + T]
-        self.k[layer].index_copy_(2, pos, k)
-        self.v[layer].index_copy_(2, pos, v)
-        return self.k[layer], self.v[layer]
+        return write_kv(self.k[layer], self.v[layer], pos, k, v, self.check_fits)
+
+
+def check_rope_fits(cfg: ModelConfig, S_max: int) -> None:
+    """A cache cannot be longer than the model's RoPE table: positions past it have no rotation."""
+    if S_max > cfg.S_max:
+        raise ValueError(
+            f"A KV cache of {S_max} positions is longer than the model's RoPE table "
+            f"(S_max = {cfg.S_max}); build the model with cfg.replace(S_max={S_max})."
+        )
+
+
+def write_kv(k_buf: torch.Tensor, v_buf: torch.Tensor, pos, k: torch.Tensor, v: torch.Tensor, check_fits):
+    """One layer's cache write, shared by ``KVCache`` and ``fast.StaticKVCache``: k, v [B K T H]
+    into k_buf, v_buf [B K S_max H] (views or whole tensors, written in place) at ``pos``, as
+    ``KVCache.update`` describes."""
+    if isinstance(pos, int):
+        T = k.shape[2]
+        check_fits(pos + T)
+        k_buf[:, :, pos : pos + T] = k
+        v_buf[:, :, pos : pos + T] = v
+        return k_buf[:, :, : pos + T], v_buf[:, :, : pos + T]
+    k_buf.index_copy_(2, pos, k)
+    v_buf.index_copy_(2, pos, v)
+    return k_buf, v_buf
