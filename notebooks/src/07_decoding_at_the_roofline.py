@@ -521,8 +521,8 @@ for res, where in [(result, "this device")] + [(ref, "reference " + ref["device_
 # the kernel Inductor generates, whose int8 GB/s stays well below the bf16 row's. Inductor's
 # rung also moves more from run to run: in three H100 runs of the 1B-like shape it gave 790 to
 # 960 tokens/s, while the Triton rung stayed between 945 and 980 (the compiled bf16 rung itself
-# moved between 685 and 780 in four runs). The 2× of the bytes stays out of reach: the rest of the step does
-# not shrink, and the int8 kernel reads below the copy bandwidth.
+# moved between 685 and 780 in four runs). The 2× of the bytes stays out of reach: the rest of
+# the step does not shrink, and the int8 kernel reads below the copy bandwidth.
 #
 # On other GPUs the balance can differ. The Triton kernel's candidate tile sizes come from a sweep
 # on an H100, and autotuning only picks among them. In a run of this notebook on an H200
