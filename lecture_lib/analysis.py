@@ -393,6 +393,22 @@ def decode_bytes_per_step(
     return weights + B * S * kv_bytes_per_token(cfg, kv_bytes)
 
 
+def linear_out_features(cfg: ModelConfig) -> int:
+    """Output rows of every weight matrix (Q, K, V, O, gate, up, down per layer, and the LM head):
+    the number of per-channel scales an int8 weight-only model stores."""
+    return cfg.L * (cfg.N * cfg.H + 2 * cfg.K * cfg.H + 2 * cfg.F + 2 * cfg.D) + cfg.V
+
+
+def int8_decode_bytes_per_step(cfg: ModelConfig, B: int, S: int, act_bytes: float = BF16,
+                               scale_bytes: float | None = None) -> float:
+    """``decode_bytes_per_step`` with every weight matrix int8 weight-only (LM head included):
+    1 byte a weight plus one scale (``scale_bytes``, default the activations' ``act_bytes``) per
+    output row; norms, embedding rows and the KV cache stay at ``act_bytes``."""
+    scale_bytes = act_bytes if scale_bytes is None else scale_bytes
+    full = decode_bytes_per_step(cfg, B, S, act_bytes, act_bytes)
+    return full - linear_params(cfg) * (act_bytes - 1) + linear_out_features(cfg) * scale_bytes
+
+
 # --------------------------------------------------------------------------------------------
 # FLOPs of a forward pass and of generation (§1.2, §1.4, §3.1, §7 caveat 6)
 # --------------------------------------------------------------------------------------------

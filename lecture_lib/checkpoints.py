@@ -44,6 +44,15 @@ def eval_windows(tokens: torch.Tensor, T: int = EVAL_T, max_windows: int | None 
     return [i * n // max_windows for i in range(max_windows)]
 
 
+def eval_batches(tokens: torch.Tensor, T: int = EVAL_T, B: int = EVAL_B,
+                 max_windows: int | None = EVAL_WINDOWS, device=None):
+    """The windows of ``eval_windows`` in batches of at most B, as [b T+1] tensors on ``device``:
+    the one batching every perplexity in the library uses (inputs ``w[:, :-1]``, targets ``w[:, 1:]``)."""
+    picked = eval_windows(tokens, T, max_windows)
+    for first in range(0, len(picked), B):
+        yield torch.stack([tokens[i * T:i * T + T + 1] for i in picked[first:first + B]]).to(device)
+
+
 @torch.no_grad()
 def perplexity(model: Transformer, tokens: torch.Tensor, T: int = EVAL_T, B: int = EVAL_B,
                max_windows: int | None = EVAL_WINDOWS) -> float:
@@ -52,13 +61,11 @@ def perplexity(model: Transformer, tokens: torch.Tensor, T: int = EVAL_T, B: int
     Each window scores its last T tokens, each given only the window before it (the first token
     is context only). Same windows every call: the number is deterministic.
     """
-    picked = eval_windows(tokens, T, max_windows)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     nll, count = 0.0, 0
-    for first in range(0, len(picked), B):
-        windows = torch.stack([tokens[i * T:i * T + T + 1] for i in picked[first:first + B]]).to(device)
+    for windows in eval_batches(tokens, T, B, max_windows, device):
         logits = model(windows[:, :-1]).float()  # fp32 softmax even for a bf16/fp16 model
         nll += torch.nn.functional.cross_entropy(
             logits.flatten(0, 1), windows[:, 1:].flatten(), reduction="sum").item()

@@ -41,6 +41,11 @@ class ModelConfig:
                 f"must serve the same number G = N/K of query heads. Pick K from the divisors of N: "
                 f"{[k for k in range(1, self.N + 1) if self.N % k == 0]}."
             )
+        if self.H % 2:
+            raise ValueError(
+                f"H = {self.H} is odd, and rotary position embeddings rotate pairs of dimensions "
+                f"(i, i + H/2): the head dim must be even. Use H = {self.H + 1} or {self.H - 1}."
+            )
 
     @property
     def G(self) -> int:
@@ -75,6 +80,12 @@ def get_config(name: str, **overrides) -> ModelConfig:
     presets = _presets_json()["presets"]
     if name not in presets:
         raise KeyError(f"Unknown model preset {name!r}. Known presets: {', '.join(presets)}.")
+    fields = [f.name for f in dataclasses.fields(ModelConfig)]
+    unknown = [k for k in overrides if k not in fields]
+    if unknown:
+        hints = [f"{k!r} (did you mean {k.upper()!r}?)" if k.upper() in fields else repr(k) for k in unknown]
+        raise TypeError(f"get_config({name!r}, ...) got unknown fields {', '.join(hints)}. "
+                        f"ModelConfig's fields: {', '.join(fields)}.")
     return ModelConfig.from_dict({**presets[name], "name": name, **overrides})
 
 

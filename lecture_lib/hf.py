@@ -23,6 +23,13 @@ _LAYER_NAMES = {
 }
 
 
+# Our ModelConfig field <-> the Hugging Face LlamaConfig key: the one mapping, used both ways.
+_CONFIG_KEYS = {"L": "num_hidden_layers", "D": "hidden_size", "N": "num_attention_heads",
+                "K": "num_key_value_heads", "H": "head_dim", "F": "intermediate_size", "V": "vocab_size",
+                "S_max": "max_position_embeddings", "rope_theta": "rope_theta", "norm_eps": "rms_norm_eps",
+                "tie_embeddings": "tie_word_embeddings"}
+
+
 def config_from_hf(hf: dict, name: str = "hf") -> ModelConfig:
     """A ModelConfig from a HF ``config.json`` dict (Llama, Mistral and friends)."""
     if (hf.get("rope_scaling") or {}).get("rope_type", "default") not in ("default", None):
@@ -31,13 +38,17 @@ def config_from_hf(hf: dict, name: str = "hf") -> ModelConfig:
             "use a checkpoint with plain RoPE (e.g. Llama 2, Llama 3.0, Mistral, TinyLlama)."
         )
     N = hf["num_attention_heads"]
-    return ModelConfig(
-        L=hf["num_hidden_layers"], D=hf["hidden_size"], N=N, K=hf.get("num_key_value_heads", N),
-        H=hf.get("head_dim") or hf["hidden_size"] // N, F=hf["intermediate_size"], V=hf["vocab_size"],
-        S_max=hf.get("max_position_embeddings", 2048), rope_theta=float(hf.get("rope_theta", 10000.0)),
-        norm_eps=hf.get("rms_norm_eps", 1e-5), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        name=name, source=f"Hugging Face config ({hf.get('_name_or_path', name)})",
-    )
+    defaults = {"num_key_value_heads": N, "head_dim": hf["hidden_size"] // N, "max_position_embeddings": 2048,
+                "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+    fields = {ours: hf.get(theirs) if hf.get(theirs) is not None else defaults.get(theirs)
+              for ours, theirs in _CONFIG_KEYS.items()}
+    fields["rope_theta"], fields["tie_embeddings"] = float(fields["rope_theta"]), bool(fields["tie_embeddings"])
+    return ModelConfig(**fields, name=name, source=f"Hugging Face config ({hf.get('_name_or_path', name)})")
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    """The HF ``LlamaConfig`` keyword arguments of a ModelConfig (``transformers.LlamaConfig(**...)``)."""
+    return {theirs: getattr(cfg, ours) for ours, theirs in _CONFIG_KEYS.items()}
 
 
 def convert_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,8 +12,8 @@ import torch.nn.functional as F_
 from einops import rearrange
 from torch import nn
 
+from .cache_protocol import KVCacheProtocol
 from .config import ModelConfig
-from .kv_cache import KVCache
 
 
 class RMSNorm(nn.Module):
@@ -38,7 +38,8 @@ def rope_tables(S_max: int, H: int, theta: float) -> tuple[torch.Tensor, torch.T
 
 
 def apply_rope(x, cos, sin):
-    """Rotate each (i, i + H/2) pair of x ([B n T H]) by its position's angle (cos/sin: [T H])."""
+    """Rotate each (i, i + H/2) pair of x ([B n T H]) by its position's angle (cos/sin: [T H], or
+    [B 1 T H] when every sequence has its own positions)."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -68,7 +69,7 @@ class Attention(nn.Module):
         self.wqkv.weight = nn.Parameter(w)
         del self.wq, self.wk, self.wv  # keep one copy of the weights, not two
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, pos):
+    def forward(self, x, cos, sin, mask, cache: KVCacheProtocol | None, layer: int, pos):
         if self.wqkv is not None:
             q, k, v = self.wqkv(x).split([self.cfg.N * self.cfg.H, self.cfg.K * self.cfg.H,
                                           self.cfg.K * self.cfg.H], dim=-1)
@@ -150,43 +151,99 @@ class Transformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, pos=0) -> torch.Tensor:
-        """Logits [B T V] for tokens [B T] that sit at positions pos, pos+1, ..., pos+T-1.
+    def forward(self, tokens: torch.Tensor, cache: KVCacheProtocol | None = None, pos=0) -> torch.Tensor:
+        """Logits [B T V] for tokens [B T]. ``pos`` says where the tokens sit:
 
-        Without a cache the tokens attend causally to each other only (pos must be 0).
-        With a cache, ``pos`` is an int (keys so far are read from the cache's filled prefix) or a
-        1-D tensor of T positions on the device (static shapes for CUDA graphs: the whole cache is
-        read and positions past ``pos`` are masked).
+        - an int p (the simple case): every sequence's tokens are at p, p+1, ..., p+T-1. Without
+          a cache the tokens attend causally to each other only, so p must be 0; with a cache the
+          keys so far are read from the cache's filled prefix.
+        - a 1-D tensor [T] on the device: the same positions for every sequence, for a compiled
+          step whose shapes never change (needs a cache: the whole cache is read, positions past
+          ``pos`` are masked).
+        - a 2-D tensor [B T]: each sequence its own positions (a ragged batch: prompts of
+          different lengths, sequences at different points of their generation); -1 marks a
+          padding token, whose logits are meaningless and whose keys are never stored. Without a
+          cache the tokens of a row attend to the row's earlier positions; with one, a token at
+          position p attends to cache slots 0..p of its own sequence.
+
+        The attention mask comes from the positions alone: key position s is visible to a query at
+        position p when s <= p (``cache_protocol`` puts position s in slot s).
         """
+        check_tokens(tokens, self.cfg.V)
         B, T = tokens.shape
-        static = isinstance(pos, torch.Tensor)
-        if cache is None and (static or pos != 0):
-            raise ValueError("Without a KV cache the model sees the whole sequence: use pos=0.")
-        if not static:
+        if isinstance(pos, torch.Tensor):
+            positions = pos
+            if positions.dim() == 1 and cache is None:
+                raise ValueError("1-D tensor positions are for the static path and need a KV cache; "
+                                 "without one use pos=0, or a [B T] tensor of per-sequence positions.")
+            if positions.dim() == 2 and tuple(positions.shape) != (B, T):
+                raise ValueError(f"Per-sequence positions must be [B T] = {(B, T)} like the tokens, "
+                                 f"got {tuple(positions.shape)}.")
+            if positions.dim() not in (1, 2):
+                raise ValueError(f"pos must be an int, a [T] or a [B T] tensor, got shape {tuple(positions.shape)}.")
+        else:
+            if cache is None and pos != 0:
+                raise ValueError("Without a KV cache the model sees the whole sequence: use pos=0 "
+                                 "(or a [B T] tensor of positions).")
             if pos + T > self.cfg.S_max:
                 raise ValueError(
                     f"Positions up to {pos + T} exceed the model's S_max = {self.cfg.S_max} (its RoPE "
                     f"table). Shorten the input, or build the model with cfg.replace(S_max={pos + T})."
                 )
             positions = torch.arange(pos, pos + T, device=tokens.device)
-        else:
-            positions = pos
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # T H
-        mask = None  # None: plain causal attention (or none at all for a single new token)
-        if static:
-            mask = torch.arange(cache.S_max, device=tokens.device) <= positions[:, None]  # T S
-        elif cache is not None and T > 1 and pos > 0:
-            mask = torch.arange(pos + T, device=tokens.device) <= positions[:, None]  # T S
+        rope_at = positions.clamp(min=0)  # padding (-1) gets some rotation; its output is ignored
+        cos, sin = self.rope_cos[rope_at], self.rope_sin[rope_at]  # [T H], or [B T H]
+        if positions.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]  # B 1 T H: broadcast over heads
+        mask = attention_mask(positions, cache, T, pos)
         x = self.tok_emb(tokens)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, cache, i, pos)
         return self.lm_head(self.norm(x))
 
-    def new_cache(self, B: int, S_max: int | None = None) -> KVCache:
-        """A KV cache on this model's device and dtype."""
-        w = self.tok_emb.weight  # not lm_head: a quantized head stores int8
-        return KVCache(self.cfg, B, S_max, device=w.device, dtype=w.dtype)
-
     def num_params(self, include_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())  # a tied weight is counted once
         return n if include_embedding else n - self.tok_emb.weight.numel()
+
+
+def check_tokens(tokens: torch.Tensor, V: int) -> None:
+    """Token ids must be a non-empty [B T] integer tensor with ids in [0, V). The range is checked
+    only for tensors on the CPU, where it costs no device sync (the generate functions check their
+    prompts on every device); inside a compiled graph nothing is checked."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dtype == torch.bool \
+            or tokens.is_complex():
+        kind = tokens.dtype if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise TypeError(f"Token ids must be an integer tensor (torch.long), got {kind}. Tokenize the text "
+                        f"first, or convert with .long() if these are ids stored as floats.")
+    if tokens.dim() != 2:
+        raise ValueError(f"Token ids must be a [B T] tensor, got shape {tuple(tokens.shape)}; "
+                         "for one sequence use tokens[None].")
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(f"Empty input: tokens have shape {tuple(tokens.shape)}. A prompt needs at least "
+                         "one token (start with a BOS token if there is no text).")
+    if tokens.device.type == "cpu" and not torch.compiler.is_compiling():
+        lo, hi = tokens.min().item(), tokens.max().item()
+        if lo < 0 or hi >= V:
+            raise ValueError(f"Token ids must lie in [0, V) = [0, {V}), got ids from {lo} to {hi}. "
+                             "Use the model's own tokenizer, or a config whose V covers these ids.")
+
+
+def attention_mask(positions: torch.Tensor, cache, T: int, pos) -> torch.Tensor | None:
+    """Which keys each query may attend to, from positions alone (None: plain causal attention).
+
+    positions [T] (shared) -> mask [T S]; positions [B T] -> mask [B 1 T S] (broadcast over
+    heads). With a cache the keys are its slots (slot s = position s); without one they are the
+    tokens themselves. Padding queries (-1) see slot 0 or themselves only, so their softmax never
+    divides by zero (their outputs are ignored anyway)."""
+    if isinstance(pos, int):  # the simple case: causal over what the cache holds, or no mask at all
+        if cache is not None and T > 1 and pos > 0:
+            return torch.arange(pos + T, device=positions.device) <= positions[:, None]  # T S
+        return None
+    if cache is not None:
+        slots = torch.arange(cache.S_max, device=positions.device)
+        if positions.dim() == 1:
+            return slots <= positions[:, None]  # T S
+        return (slots <= positions.clamp(min=0)[:, :, None])[:, None]  # B 1 T S
+    q, k = positions[:, :, None], positions[:, None, :]  # no cache: keys are the row's own tokens
+    visible = (k <= q) & (k >= 0)
+    return (visible | torch.eye(T, dtype=torch.bool, device=positions.device))[:, None]  # B 1 T T

@@ -8,6 +8,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from lecture_lib.cache import KVCache
 from lecture_lib import ModelConfig, Transformer, get_config
 from lecture_lib import analysis as A
 from lecture_lib.config import mla_config
@@ -151,7 +152,7 @@ def test_kv_cache_sizes_in_lecture_table():
 
 def test_kv_cache_formula_matches_allocation():
     cfg = ModelConfig(L=3, D=32, N=4, K=2, H=8, F=64, V=50, S_max=40)
-    cache = Transformer(cfg).to(torch.bfloat16).new_cache(B=5)
+    cache = KVCache.for_model(Transformer(cfg).to(torch.bfloat16), B=5)
     assert cache.nbytes == A.kv_cache_bytes(cfg, B=5, S=40, bytes_per_value=2)
 
 
@@ -291,7 +292,7 @@ def test_flops_match_torch_flop_counter():
     model = Transformer(cfg).eval()
     B, P = 3, 10
     tokens = torch.randint(0, cfg.V, (B, P + 1))
-    cache = model.new_cache(B)
+    cache = KVCache.for_model(model, B)
     # Prefill: the linear layers (incl. the LM head over all P positions) are plain mm's.
     counts = _measured_flops(model, tokens[:, :P], cache, 0)
     assert counts["mm"] == A.forward_flops(cfg, P, 0, B=B, part="linear")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lecture_lib import analysis, get_config
-from lecture_lib.bench import main, parse_shape, run_decode
+from lecture_lib.measure.bench import main, parse_shape, run_decode
 
 ROW_FIELDS = {"rung", "status", "new_tokens", "tok_per_s", "ms_per_step", "bytes_per_step", "gb_per_s",
               "pct_bandwidth", "roofline_tok_per_s", "pct_roofline", "compile_s", "ttft_s", "note"}
@@ -78,7 +78,7 @@ def test_parse_shape_and_errors():
 
 
 def test_a_failing_rung_is_recorded_and_the_others_still_run(monkeypatch):
-    import lecture_lib.bench as bench
+    import lecture_lib.measure.bench as bench
 
     def boom(*a):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")

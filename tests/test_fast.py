@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from lecture_lib import ModelConfig, Transformer
-from lecture_lib.fast import FastGenerator, StaticKVCache, fuse_projections_, pick_next
-from lecture_lib.generate import generate_cached
+from lecture_lib.cache import StaticKVCache
+from lecture_lib.decode.fast import FastGenerator, fuse_projections_
+from lecture_lib.decode.sampling import sample
+from lecture_lib.decode.generate import generate_cached
 
 
 def model_with(K, **kw):
@@ -79,10 +81,10 @@ def test_sampling_is_reproducible_with_a_seed():
 def test_exponential_trick_samples_from_softmax():
     logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).repeat(40000, 1)
     torch.manual_seed(0)
-    drawn = pick_next(logits, torch.tensor(1.0))
+    drawn = sample(logits, torch.tensor(1.0))
     freq = torch.bincount(drawn, minlength=4).float() / len(drawn)
     torch.testing.assert_close(freq, torch.softmax(logits[0], -1), atol=0.01, rtol=0)
-    top2 = pick_next(logits, torch.tensor(1.0), top_k=2)
+    top2 = sample(logits, torch.tensor(1.0), top_k=2)
     assert set(top2.tolist()) == {1, 2}
 
 

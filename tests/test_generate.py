@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from lecture_lib import ModelConfig, Transformer
-from lecture_lib.generate import generate, generate_cached, generate_naive, sample
+from lecture_lib.cache import KVCache
+from lecture_lib.decode.generate import generate, generate_cached, generate_naive
+from lecture_lib.decode.sampling import sample
 
 
 def model_with(K, **kw):
@@ -61,6 +63,6 @@ def test_clear_errors_for_bad_requests():
     with pytest.raises(ValueError, match=r"prompt\[None\]"):
         generate_naive(model, torch.zeros(30, dtype=torch.long), 1)
     with pytest.raises(ValueError, match="KV cache holds S_max = 16"):
-        generate_cached(model, torch.zeros(1, 10, dtype=torch.long), 10, cache=model.new_cache(1, 16))
+        generate_cached(model, torch.zeros(1, 10, dtype=torch.long), 10, cache=KVCache.for_model(model, 1, 16))
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         generate(model, torch.zeros(1, 3, dtype=torch.long), 2, temperature=-1)

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from lecture_lib import ModelConfig, Transformer
-from lecture_lib.gqa import decode_sweep, expand_kv_heads, pool_kv_heads
+from lecture_lib.cache import KVCache
+from lecture_lib.gqa import expand_kv_heads, pool_kv_heads
+from lecture_lib.measure.gqa_sweep import decode_sweep
 
 
 def tiny(**kw):
@@ -18,7 +20,7 @@ def test_expand_kv_heads_computes_the_same_function_with_n_kv_heads(K):
     x = torch.randint(0, 97, (2, 16))
     torch.testing.assert_close(mha(x), gqa(x), atol=1e-5, rtol=1e-5)
     # ...with a G times larger KV cache.
-    assert mha.new_cache(2, 16).nbytes == gqa.new_cache(2, 16).nbytes * (8 // K)
+    assert KVCache.for_model(mha, 2, 16).nbytes == KVCache.for_model(gqa, 2, 16).nbytes * (8 // K)
 
 
 def test_pool_kv_heads_means_each_group_and_inverts_expand():

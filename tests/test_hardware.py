@@ -3,7 +3,9 @@ import json
 import pytest
 import torch
 
+from lecture_lib import devices
 from lecture_lib import hardware as hw
+from lecture_lib.measure import ceilings
 from lecture_lib.paths import data_path
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -25,7 +27,7 @@ def test_specs_load_with_sources():
         assert s.supports_bf16 == (s.flops["bf16"] is not None)
         assert s.supports_bf16 == (s.compute_capability >= (8, 0))
         assert s.supports_fp8 == (s.flops.get("fp8") is not None)
-        assert {hw.dtype_name(k) for k in s.flops} == set(s.flops)  # keys are canonical names
+        assert {devices.dtype_name(k) for k in s.flops} == set(s.flops)  # keys are canonical names
 
 
 def test_lecture_h100_numbers_and_ridge():
@@ -85,11 +87,11 @@ def test_match_spec(device_name, key):
 
 
 def test_dtype_names():
-    assert hw.dtype_name(torch.bfloat16) == "bf16" == hw.dtype_name("bfloat16")
-    assert hw.dtype_name(torch.float8_e4m3fn) == "fp8"
-    assert hw.as_torch_dtype("fp16") is torch.float16
+    assert devices.dtype_name(torch.bfloat16) == "bf16" == devices.dtype_name("bfloat16")
+    assert devices.dtype_name(torch.float8_e4m3fn) == "fp8"
+    assert devices.as_torch_dtype("fp16") is torch.float16
     with pytest.raises(ValueError, match="unknown dtype"):
-        hw.dtype_name("fp12")
+        devices.dtype_name("fp12")
 
 
 @pytest.fixture
@@ -108,49 +110,49 @@ def fake_cuda(monkeypatch):
                                                ((8, 9), torch.bfloat16), ((9, 0), torch.bfloat16)])
 def test_pick_dtype_on_cuda_follows_capability(fake_cuda, capability, dtype):
     fake_cuda(capability)
-    assert hw.pick_dtype("cuda") is dtype
+    assert devices.pick_dtype("cuda") is dtype
 
 
 def test_check_dtype_bf16_on_t4_says_what_to_do(fake_cuda):
     fake_cuda((7, 5), "Tesla T4")
     with pytest.raises(ValueError, match=r"bf16 needs compute capability >= 8\.0") as err:
-        hw.check_dtype("cuda", torch.bfloat16)
+        devices.check_dtype("cuda", torch.bfloat16)
     assert "Tesla T4" in str(err.value) and "torch.float16" in str(err.value)
-    assert hw.check_dtype("cuda", "fp16") is torch.float16
-    assert hw.check_dtype("cuda", torch.float32) is torch.float32
+    assert devices.check_dtype("cuda", "fp16") is torch.float16
+    assert devices.check_dtype("cuda", torch.float32) is torch.float32
 
 
 def test_check_dtype_fp8_needs_ada_or_hopper(fake_cuda):
     fake_cuda((8, 0), "NVIDIA A100-SXM4-40GB")
     with pytest.raises(ValueError, match=r"fp8 compute needs compute capability >= 8\.9"):
-        hw.check_dtype("cuda", torch.float8_e4m3fn)
+        devices.check_dtype("cuda", torch.float8_e4m3fn)
     fake_cuda((9, 0), "NVIDIA H100 80GB HBM3")
-    assert hw.check_dtype("cuda", "fp8") is torch.float8_e4m3fn
-    assert hw.check_dtype("cuda", "bf16") is torch.bfloat16
+    assert devices.check_dtype("cuda", "fp8") is torch.float8_e4m3fn
+    assert devices.check_dtype("cuda", "bf16") is torch.bfloat16
 
 
 def test_check_dtype_cpu():
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        assert hw.check_dtype("cpu", dtype) is dtype  # slow 16-bit matmul is allowed
+        assert devices.check_dtype("cpu", dtype) is dtype  # slow 16-bit matmul is allowed
     with pytest.raises(ValueError, match="upcast"):
-        hw.check_dtype("cpu", torch.float8_e5m2)
+        devices.check_dtype("cpu", torch.float8_e5m2)
     with pytest.raises(ValueError, match="not a floating-point"):
-        hw.check_dtype("cpu", torch.int8)
+        devices.check_dtype("cpu", torch.int8)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
 def test_cuda_requested_without_cuda():
     with pytest.raises(ValueError, match="is_available"):
-        hw.check_dtype("cuda", "fp16")
+        devices.check_dtype("cuda", "fp16")
 
 
 def test_pick_device_and_dtype_defaults():
-    device = hw.pick_device()
+    device = devices.pick_device()
     assert device.type in ("cuda", "mps", "cpu")
-    assert hw.pick_dtype("cpu") is torch.float32
-    assert hw.pick_dtype("mps") is torch.float16  # a choice, needs no Mac to check
+    assert devices.pick_dtype("cpu") is torch.float32
+    assert devices.pick_dtype("mps") is torch.float16  # a choice, needs no Mac to check
     if device.type == "cpu":
-        assert hw.pick_dtype() is torch.float32
+        assert devices.pick_dtype() is torch.float32
 
 
 # --- detection and measurement ----------------------------------------------------------------
@@ -165,17 +167,17 @@ def test_detect_cpu():
 
 
 def test_measure_copy_bandwidth_cpu():
-    bw = hw.measure_copy_bandwidth("cpu", nbytes=16 * 2**20, seconds=0.1)
+    bw = ceilings.measure_copy_bandwidth("cpu", nbytes=16 * 2**20, seconds=0.1)
     assert 1e8 < bw < 1e13  # 0.1 GB/s .. 10 TB/s: any real CPU
 
 
 def test_measure_matmul_flops_cpu():
-    flops = hw.measure_matmul_flops("cpu", torch.float32, n=256, seconds=0.1)
+    flops = ceilings.measure_matmul_flops("cpu", torch.float32, n=256, seconds=0.1)
     assert 1e7 < flops < 1e14
 
 
 def test_measure_ceilings_cpu():
-    c = hw.measure_ceilings("cpu", "fp32", seconds=0.2, nbytes=8 * 2**20, n=256)
+    c = ceilings.measure_ceilings("cpu", "fp32", seconds=0.2, nbytes=8 * 2**20, n=256)
     assert c.bandwidth > 0 and c.flops > 0 and c.ridge == pytest.approx(c.flops / c.bandwidth)
     assert "GB/s" in str(c) and "fp32" in str(c)
 
@@ -185,7 +187,7 @@ def test_detect_cuda():
     info = hw.detect("cuda")
     assert info.type == "cuda" and info.compute_capability == torch.cuda.get_device_capability()
     assert info.name == torch.cuda.get_device_name() and info.name in info.describe()
-    assert info.dtype is hw.pick_dtype("cuda")
+    assert info.dtype is devices.pick_dtype("cuda")
     if info.spec is not None:
         assert info.spec.key in info.describe()
 
@@ -194,8 +196,8 @@ def test_detect_cuda():
 def test_cuda_ceilings_below_datasheet():
     """A missing synchronize would give impossible numbers: measured must stay under the peak."""
     info = hw.detect("cuda")
-    bw = hw.measure_copy_bandwidth("cuda", seconds=0.3)
-    flops = hw.measure_matmul_flops("cuda", info.dtype, n=4096, seconds=0.3)
+    bw = ceilings.measure_copy_bandwidth("cuda", seconds=0.3)
+    flops = ceilings.measure_matmul_flops("cuda", info.dtype, n=4096, seconds=0.3)
     assert bw > 1e10 and flops > 1e12
     if info.spec is not None:
         assert 0.2 * info.spec.memory_bandwidth < bw < 1.05 * info.spec.memory_bandwidth

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lecture_lib import int8_gemv
+from lecture_lib.quant import int8_gemv
 from lecture_lib.quant import Int8Linear
 
 cuda = pytest.mark.skipif(not int8_gemv.available(), reason="needs a CUDA GPU and Triton")

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from lecture_lib.cache import KVCache
 from lecture_lib import ModelConfig, Transformer, get_config
 from lecture_lib.model import apply_rope
 
@@ -32,7 +33,7 @@ def test_cache_gives_same_logits_as_full_forward(K):
     model = Transformer(tiny(K=K)).eval()
     x = torch.randint(0, 97, (3, 20))
     full = model(x)
-    cache = model.new_cache(3, 20)
+    cache = KVCache.for_model(model, 3, 20)
     parts = [model(x[:, :7], cache, 0)] + [model(x[:, i : i + 1], cache, i) for i in range(7, 20)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
 
@@ -42,7 +43,7 @@ def test_static_positions_give_same_logits():
     model = Transformer(tiny()).eval()
     x = torch.randint(0, 97, (2, 12))
     full = model(x)
-    cache = model.new_cache(2, 32)
+    cache = KVCache.for_model(model, 2, 32)
     parts = [model(x[:, :5], cache, torch.arange(5))]
     parts += [model(x[:, i : i + 1], cache, torch.tensor([i])) for i in range(5, 12)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
@@ -96,7 +97,7 @@ def test_too_long_input_is_a_clear_error():
     model = Transformer(tiny(S_max=16))
     with pytest.raises(ValueError, match="exceed the model's S_max = 16"):
         model(torch.zeros(1, 17, dtype=torch.long))
-    cache = model.new_cache(1, 8)
+    cache = KVCache.for_model(model, 1, 8)
     with pytest.raises(ValueError, match="KV cache holds S_max = 8"):
         model(torch.zeros(1, 9, dtype=torch.long), cache, 0)
 

@@ -5,10 +5,9 @@ import torch
 from torch import nn
 
 from lecture_lib import ModelConfig, Transformer
-from lecture_lib.kv_cache import KVCache
+from lecture_lib.cache import Int8KVCache, KVCache
 from lecture_lib.quant import (
     Int4Linear,
-    Int8KVCache,
     Int8Linear,
     dequantize,
     dequantize_absmax,
@@ -287,7 +286,7 @@ def run_cached(model, cache, x, static=False):
 def test_int8_kv_cache_logits_close(static):
     model = tiny_model()
     x = torch.randint(0, 256, (2, 20))
-    ref = run_cached(model, model.new_cache(2, 20), x)
+    ref = run_cached(model, KVCache.for_model(model, 2, 20), x)
     cache = Int8KVCache.for_model(model, 2, 20)
     assert cache.k.dtype == torch.int8 and cache.k_scale.dtype == torch.float32
     got = run_cached(model, cache, x, static)
@@ -383,4 +382,4 @@ def test_cuda_quantized_model_and_kv_cache():
     assert cache.k_scale.dtype == torch.bfloat16 and cache.k.device.type == "cuda"
     got = run_cached(model, cache, x, static=True)
     assert got.dtype == torch.bfloat16
-    assert relative_error(got, run_cached(model, model.new_cache(2, 20), x)) < 0.03
+    assert relative_error(got, run_cached(model, KVCache.for_model(model, 2, 20), x)) < 0.03

@@ -4,10 +4,12 @@ from torch import nn
 
 from lecture_lib import ModelConfig, Transformer
 from lecture_lib import corpus
+from lecture_lib.cache import Int8KVCache
 from lecture_lib.checkpoints import list_checkpoints, load_checkpoint, perplexity
-from lecture_lib.quant import Int4Linear, Int8KVCache, quantize_model_, relative_error
-from lecture_lib.quant_eval import (cached_perplexity, capture_inputs, eval_windows, group_size_for,
-                                   perplexity_and_kl, quantize_int4_, quantize_int4_per_channel_)
+from lecture_lib.checkpoints import eval_windows
+from lecture_lib.measure.quality import cached_perplexity, perplexity_and_kl
+from lecture_lib.quant import (Int4Linear, capture_inputs, group_size_for, quantize_int4_,
+                               quantize_int4_per_channel_, quantize_model_, relative_error)
 
 # Input dims D = 64 and F = 86 = 2 * 43 share no large divisor, as the target model's D and F don't.
 CFG = ModelConfig(L=2, D=64, N=4, K=2, H=16, F=86, V=256, S_max=64)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lecture_lib import analysis, hardware, roofline
+from lecture_lib import analysis, devices, hardware
+from lecture_lib.measure import ceilings, oom, references, roofline
 
 
 def test_batch_ladder():
@@ -63,9 +64,9 @@ def test_other_errors_are_not_swallowed(monkeypatch):
 
 
 def test_is_oom():
-    assert roofline.is_oom(torch.cuda.OutOfMemoryError("x"))
-    assert roofline.is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ..."))
-    assert not roofline.is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert oom.is_oom(torch.cuda.OutOfMemoryError("x"))
+    assert oom.is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ..."))
+    assert not oom.is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
 def _synthetic(P, beta, D=4096, F=4096, size=2, Bs=None, noise=0.0, seed=0):
@@ -155,26 +156,26 @@ def test_cli_writes_valid_json(tmp_path, capsys):
 
 def test_cli_as_a_module(tmp_path):
     out = tmp_path / "matmul_cpu.json"
-    subprocess.run([sys.executable, "-m", "lecture_lib.roofline", "--tiny", "--device", "cpu", "--out", str(out)],
+    subprocess.run([sys.executable, "-m", "lecture_lib.measure.roofline", "--tiny", "--device", "cpu", "--out", str(out)],
                    check=True, capture_output=True, timeout=120)
     _check_reference(json.loads(out.read_text()))
 
 
 def test_load_references(tmp_path, monkeypatch):
-    monkeypatch.setattr(roofline, "reference_dir", lambda: tmp_path / "missing")
-    assert roofline.load_references() == []
-    monkeypatch.setattr(roofline, "reference_dir", lambda: tmp_path)
-    assert roofline.load_references() == []
+    monkeypatch.setattr(references, "reference_dir", lambda: tmp_path / "missing")
+    assert references.load_references() == []
+    monkeypatch.setattr(references, "reference_dir", lambda: tmp_path)
+    assert references.load_references() == []
     (tmp_path / "matmul_b.json").write_text(json.dumps({"device": "b"}))
     (tmp_path / "matmul_a.json").write_text(json.dumps({"device": "a"}))
     (tmp_path / "other.json").write_text("{}")
-    refs = roofline.load_references()
+    refs = references.load_references()
     assert [r["device"] for r in refs] == ["a", "b"] and refs[0]["path"].endswith("matmul_a.json")
 
 
 def test_shipped_references_have_the_expected_format():
     """Whatever sits in data/reference/ must be readable by notebook 03."""
-    for ref in roofline.load_references():
+    for ref in references.load_references():
         assert {"device", "date", "dtype", "torch", "ceilings", "matmul", "ridge", "mlp_attention"} <= set(ref)
         assert ref["tiny"] is False, f"{ref['path']} was made with --tiny: not a reference measurement"
         assert roofline.ok_records(ref["matmul"]["records"])
@@ -182,6 +183,6 @@ def test_shipped_references_have_the_expected_format():
 
 def test_device_slug():
     info = hardware.detect("cpu")
-    assert roofline.device_slug(info) == "cpu"
+    assert references.device_slug(info) == "cpu"
     info.type, info.spec = "cuda", hardware.get_spec("H100 SXM")
-    assert roofline.device_slug(info) == "h100_sxm"
+    assert references.device_slug(info) == "h100_sxm"

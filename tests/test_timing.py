@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from lecture_lib.timing import (
+from lecture_lib.measure.timing import (
     Stopwatch,
     Timing,
     capture_cuda_graph,

@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from ..devices import synchronize
+
 # --------------------------------------------------------------------------------------------
 # Devices and clocks
 # --------------------------------------------------------------------------------------------
@@ -29,25 +31,6 @@ import torch
 
 def _as_device(device) -> torch.device | None:
     return None if device is None else torch.device(device)
-
-
-def synchronize(device=None) -> None:
-    """Wait for queued work on ``device`` (CUDA/MPS) so that a host clock reads a true time.
-
-    ``device=None`` waits for every accelerator this process uses: CUDA (only if already
-    initialized: synchronizing would otherwise create a context for nothing) and MPS.
-    CPU work is synchronous, so there is nothing to wait for.
-    """
-    device = _as_device(device)
-    if device is None:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-        if torch.backends.mps.is_available():
-            torch.mps.synchronize()
-    elif device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def now(device=None) -> float:
@@ -381,3 +364,13 @@ def capture_cuda_graph(fn: Callable, *static_args, warmup: int = 3) -> GraphedFn
             static_output = fn(*static_args)
         torch.cuda.synchronize()
     return GraphedFn(graph, static_args, static_output)
+
+
+def graph_seconds(fn: Callable, *args, calls: int = 10, repeats: int = 20) -> float:
+    """Seconds per ``fn(*args)`` on a CUDA GPU with no launch overhead: ``calls`` calls captured in
+    one CUDA graph (as the compiled decode step runs them), the graph replayed ``repeats`` times
+    (CUDA events), the median replay divided by ``calls``. For kernel timings that should compare
+    with the decode step's, not with eager launches."""
+    graphed = capture_cuda_graph(lambda *a: [fn(*a) for _ in range(calls)][-1], *args)
+    return time_fn(graphed, warmup=3, repeats=repeats, device=graphed.static_args[0].device
+                   if graphed.static_args else "cuda").median / calls

@@ -17,7 +17,7 @@ step), and a host sync (``.tolist()``) to learn the token. ``FastGenerator`` rem
 
     gen = FastGenerator(model, B=1, S_max=prompt_len + new_tokens)   # compile=True on CUDA
     gen.warmup(prompt_len)            # compiles and records the graph; returns the seconds it took
-    out = gen.generate(prompt, new_tokens)
+    out = gen.generate(prompt, new_tokens)          # a decode.Generation, tokens on the host
     out.tokens, out.decode_tokens_per_s
 
 The prefill (the whole prompt in one forward) runs eager, or compiled separately with dynamic
@@ -28,73 +28,17 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .kv_cache import check_rope_fits, write_kv
-from .model import Transformer
-from .timing import synchronize
-
-
-class StaticKVCache:
-    """Keys and values at fixed shapes: one [B K S_max H] buffer per layer.
-
-    Same interface as ``KVCache`` (``update``, ``S_max``, ``check_fits``), but per-layer buffers
-    rather than one [L B K S H] tensor: under ``torch.compile``, Inductor writes a new token's K/V
-    in place only when the written tensor is a whole graph input; an in-place write into a slice
-    of a bigger buffer is compiled as copy-the-layer, update, copy-back, which reads and writes
-    the whole cache every step. (This is also how Hugging Face's ``StaticCache`` is laid out.)
-    """
-
-    def __init__(self, cfg: ModelConfig, B: int, S_max: int, *, device=None, dtype=None):
-        check_rope_fits(cfg, S_max)
-        self.B, self.S_max = B, S_max
-        shape = (B, cfg.K, S_max, cfg.H)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.L)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.L)]
-        for t in self.k + self.v:
-            # Tell the compiler these live at a fixed address (like weights): CUDA graphs then read
-            # and write them in place instead of copying them in as fresh inputs every replay.
-            torch._dynamo.mark_static_address(t)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
-    def check_fits(self, length: int, what: str = "prompt plus new tokens") -> None:
-        if length > self.S_max:
-            raise ValueError(
-                f"The {what} need {length} positions but the static KV cache holds S_max = "
-                f"{self.S_max}. Build the FastGenerator with S_max >= {length}.")
-
-    def update(self, layer: int, pos, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v ([B K T H]) at ``pos``; see ``KVCache.update`` (int: prefill, returns the
-        filled prefix; 1-D device tensor: decode, returns the whole buffer, tail masked later)."""
-        return write_kv(self.k[layer], self.v[layer], pos, k, v, self.check_fits)
-
-
-def pick_next(logits: torch.Tensor, temperature: torch.Tensor | None = None,
-              top_k: int | None = None) -> torch.Tensor:
-    """Next tokens [B] from last-position logits [B V], with no host sync.
-
-    Greedy when ``temperature`` is None. Otherwise sample from softmax(logits / temperature)
-    (``temperature`` a device tensor, so changing it does not recompile) as
-    ``argmax(p / E)`` with E_i ~ Exponential(1): E_i / p_i is exponential with rate p_i and the
-    smallest of independent exponentials is i with probability p_i / sum(p), so this draws from
-    p exactly. Unlike ``torch.multinomial`` it is plain elementwise ops and an argmax, which
-    compile into the CUDA graph.
-    """
-    if temperature is None:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
+from ..cache.static import StaticKVCache
+from ..devices import synchronize
+from ..model import Transformer
+from .generate import check_ids
+from .result import Generation
+from .sampling import check_sampling, sample
+from .stopping import check_token_id, finish_reasons_from_tokens, token_limits
 
 
 def fuse_projections_(model: Transformer) -> int:
@@ -113,39 +57,6 @@ def fuse_projections_(model: Transformer) -> int:
         warnings.warn("fuse_projections_: some layers have quantized projections and stay unfused; "
                       "fuse (FastGenerator or fuse_projections_) before quantize_model_.", stacklevel=3)
     return fused
-
-
-@dataclass
-class FastGeneration:
-    """What ``FastGenerator.generate`` produced. ``tokens`` is on the host (copied once, at the end)."""
-
-    tokens: torch.Tensor  # [B T_new]
-    prompt_len: int
-    ttft: float  # seconds: prefill + first token, synchronized
-    decode_seconds: float  # from the first token to the last: the T_new - 1 decode steps
-    token_times: list[float] | None = field(default=None)  # per token, only if time_per_token
-
-    @property
-    def B(self) -> int:
-        return self.tokens.shape[0]
-
-    @property
-    def steps(self) -> int:
-        """Decode steps timed: every token after the first (which the prefill produces)."""
-        return self.tokens.shape[1] - 1
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        """B tokens every decode step (same definition as ``Generation.decode_tokens_per_s``)."""
-        return self.B * self.steps / self.decode_seconds if self.steps else float("nan")
-
-    @property
-    def seconds_per_step(self) -> float:
-        return self.decode_seconds / self.steps if self.steps else float("nan")
-
-    @property
-    def end_to_end(self) -> float:
-        return self.ttft + self.decode_seconds
 
 
 class FastGenerator:
@@ -202,7 +113,7 @@ class FastGenerator:
 
     def _decode_step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         logits = self.model(token, self.cache, pos)[:, -1]  # B V
-        return pick_next(logits, self._temperature if self._sample else None, self._top_k)
+        return sample(logits, self._temperature if self._sample else None, self._top_k)
 
     def _decode_context(self):
         """The SDPA backend for decode steps. It matters at trace time (what gets compiled)."""
@@ -226,47 +137,71 @@ class FastGenerator:
         self.compile_seconds = seconds if self.compile_seconds is None else self.compile_seconds + seconds
         return seconds
 
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
-                 top_k: int | None = None, seed: int | None = None,
-                 time_per_token: bool = False) -> FastGeneration:
-        """Decode ``max_new_tokens`` tokens after ``prompt`` ([B T0], B as constructed).
+    def generate(self, prompt: torch.Tensor, max_new_tokens, *, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int | None = None, time_per_token: bool = False,
+                 eos_id: int | None = None, pad_id: int = 0, check_every: int = 16) -> Generation:
+        """Decode up to ``max_new_tokens`` tokens after ``prompt`` ([B T0], B as constructed).
 
         Greedy when ``temperature == 0``. ``seed``: ``torch.manual_seed(seed)`` first, so sampled
         runs repeat (compiled and eager draw different random streams). ``time_per_token``:
         synchronize after every step to record ``token_times`` (slightly slower).
+        ``max_new_tokens``: an int, or one limit per sequence. ``eos_id``: a sequence stops at
+        this token (kept); the loop ends early once every sequence has stopped, which it checks
+        every ``check_every`` steps (one host sync each: tokens stay on the device in between).
+        Stopped sequences are padded with ``pad_id``. At fixed shapes a stopped sequence still
+        rides along in every step until the batch ends: only a scheduler that changes the batch
+        (continuous batching) saves its work.
         A first call with new settings runs ``warmup`` first, untimed.
         """
-        if prompt.dim() != 2 or prompt.shape[0] != self.B:
+        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[0] != self.B:
+            shape = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
             raise ValueError(f"prompt must be [B T] with B = {self.B} (the batch this FastGenerator "
-                             f"was built for), got shape {tuple(prompt.shape)}.")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}.")
-        self.cache.check_fits(prompt.shape[1] + max_new_tokens)
+                             f"was built for), got {shape}.")
+        limits = token_limits(max_new_tokens, self.B)
+        check_ids(prompt, self.cfg.V)
+        check_sampling(temperature, top_k)
+        check_token_id("eos_id", eos_id, self.cfg.V)
+        check_token_id("pad_id", pad_id, self.cfg.V)
+        if check_every < 1:
+            raise ValueError(f"check_every must be a positive number of steps, got {check_every}.")
+        self.cache.check_fits(prompt.shape[1] + max(limits))
         if (temperature > 0, top_k) not in self._warm:
             self.warmup(prompt.shape[1], temperature, top_k)
         if seed is not None:
             torch.manual_seed(seed)
-        return self._run(prompt.to(self.device), max_new_tokens, temperature, top_k, time_per_token)
+        out = self._run(prompt.to(self.device), max(limits), temperature, top_k, time_per_token,
+                        eos_id=eos_id, limits=limits, check_every=check_every)
+        if eos_id is not None or len(set(limits)) > 1:
+            out.lengths, out.finish_reasons = finish_reasons_from_tokens(out.tokens, limits, eos_id)
+            for b, n in enumerate(out.lengths):
+                out.tokens[b, n:] = pad_id
+            out.pad_id = pad_id
+        return out
 
     @torch.no_grad()
-    def _run(self, prompt, n, temperature, top_k, time_per_token) -> FastGeneration:
+    def _run(self, prompt, n, temperature, top_k, time_per_token, eos_id=None, limits=None,
+             check_every=16) -> Generation:
         self._sample, self._top_k = temperature > 0, top_k
         if self._sample:
             self._temperature.fill_(temperature)
         T0 = prompt.shape[1]
+        if eos_id is not None:  # for the early exit: which step each sequence must reach
+            limit_t = torch.tensor(limits, device=self.device)
         synchronize(self.device)
         t0 = time.perf_counter()
-        first = pick_next(self._prefill(prompt), self._temperature if self._sample else None, top_k)
+        first = sample(self._prefill(prompt), self._temperature if self._sample else None, top_k)
         self._out[:, 0] = first
         self._token.copy_(first[:, None])
         self._pos.fill_(T0)
         synchronize(self.device)  # the one sync before the end: splits TTFT from decode time
         t_first = time.perf_counter()
         times = [t_first - t0] if time_per_token else None
+        steps = n
         with self._decode_context():
             for i in range(1, n):
+                if eos_id is not None and i % check_every == 0 and self._all_stopped(i, eos_id, limit_t):
+                    steps = i
+                    break
                 if self.cudagraphs:
                     torch.compiler.cudagraph_mark_step_begin()  # a new replay; old outputs are dead
                 nxt = self._step(self._token, self._pos)
@@ -279,11 +214,15 @@ class FastGenerator:
                     times.append(time.perf_counter() - t0)
         # One copy to the host (it waits for the device); copy=True: on a CPU, .cpu() would
         # return a view of _out, which the next call overwrites.
-        tokens = self._out[:, :n].to("cpu", copy=True)
+        tokens = self._out[:, :steps].to("cpu", copy=True)
         synchronize(self.device)
         t_end = time.perf_counter()
-        return FastGeneration(tokens, T0, ttft=t_first - t0, decode_seconds=t_end - t_first,
-                              token_times=times)
+        return Generation(tokens, T0, token_times=times, ttft=t_first - t0, decode_seconds=t_end - t_first)
+
+    def _all_stopped(self, i: int, eos_id: int, limits: torch.Tensor) -> bool:
+        """Has every sequence produced its EOS or reached its limit in the first i tokens? (A sync.)"""
+        hit_eos = (self._out[:, :i] == eos_id).any(dim=1)
+        return bool((hit_eos | (limits <= i)).all())
 
 
 def _set_inductor_flags() -> None:

@@ -22,7 +22,7 @@ M > 1 the repeats of a tile come from L2, not from memory. Tile sizes are autotu
 one opaque call (``fullgraph`` holds) and CUDA graphs capture its launch. It needs a CUDA GPU and
 Triton (bundled with CUDA builds of PyTorch); ``available()`` says whether both are there.
 
-    python -m lecture_lib.int8_gemv            # time it against bf16 and Inductor at 8B shapes
+    python -m lecture_lib.quant.int8_gemv            # time it against bf16 and Inductor at 8B shapes
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def use_kernel(x: torch.Tensor) -> bool:
 if triton is not None:
 
     def _configs():
-        # Candidates from a sweep on an H100 (python -m lecture_lib.int8_gemv --sweep).
+        # Candidates from a sweep on an H100 (python -m lecture_lib.quant.int8_gemv --sweep).
         return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
                 for bn, bk, w, s in [(4, 1024, 4, 3), (4, 1024, 4, 1), (16, 512, 8, 3),
                                      (4, 2048, 8, 2), (2, 2048, 4, 2), (8, 512, 8, 3),
@@ -184,8 +184,8 @@ def _sweep_configs():
 def _main(argv=None) -> None:  # pragma: no cover - needs a CUDA GPU
     import argparse
 
-    from .config import get_config
-    from .hardware import measure_copy_bandwidth
+    from ..config import get_config
+    from ..measure.ceilings import measure_copy_bandwidth
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="llama3-8b")
@@ -195,7 +195,7 @@ def _main(argv=None) -> None:  # pragma: no cover - needs a CUDA GPU
     p.add_argument("--csv", help="write every timing to this CSV file")
     args = p.parse_args(argv)
     if not available():
-        raise SystemExit("python -m lecture_lib.int8_gemv needs a CUDA GPU and Triton.")
+        raise SystemExit("python -m lecture_lib.quant.int8_gemv needs a CUDA GPU and Triton.")
     import torch._inductor.config as inductor_config
 
     inductor_config.coordinate_descent_tuning = True

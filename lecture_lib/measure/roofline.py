@@ -8,7 +8,7 @@
 - ``mlp_attention_measurements``: a SwiGLU MLP (``lecture_lib.model.SwiGLU``) and attention
   (``F.scaled_dot_product_attention``) in prefill (many tokens at once) and decode (one token a
   sequence), each with its FLOPs, bytes and intensity from ``analysis``.
-- ``python -m lecture_lib.roofline --out data/reference/matmul_<device>.json`` measures the
+- ``python -m lecture_lib.measure.roofline --out data/reference/matmul_<device>.json`` measures the
   device's ceilings, the sweep and the MLP/attention points and writes them as JSON: the
   reference measurements that notebook 03 overlays on a student's own plot.
 
@@ -36,10 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F_
 
-from . import analysis, hardware
-from .config import ModelConfig
-from .model import SwiGLU
-from .paths import data_path
+from .. import analysis, devices, hardware
+from ..config import ModelConfig
+from ..model import SwiGLU
+from .ceilings import measure_ceilings
+from .oom import free_memory, is_oom
+from .references import device_slug, reference_dir
 from .timing import time_fn
 
 MiB = 1024**2
@@ -89,7 +91,7 @@ def default_matmul_sizes(device, dtype) -> dict:
     - CPU: D = F = 2048 (16 MiB in fp32), B up to 256: a CPU's ridge is a few FLOP/byte, so the
       plateau starts at B of a few tens. In 16-bit a CPU computes slowly: D = F = 512.
     """
-    device, dtype = torch.device(device), hardware.as_torch_dtype(dtype)
+    device, dtype = torch.device(device), devices.as_torch_dtype(dtype)
     if device.type == "cuda":
         return {"D": 8192, "F": 8192, "Bs": batch_ladder(1, 16384)}
     if device.type == "mps":
@@ -107,7 +109,7 @@ def default_mlp_attention_sizes(device, dtype) -> dict:
     - CPU: D = 1024 (16 heads × 64), F = 2816, prefill of 256 tokens, decode with S = 1024 keys
       at B = 1, 8 and 32.
     """
-    device, dtype = torch.device(device), hardware.as_torch_dtype(dtype)
+    device, dtype = torch.device(device), devices.as_torch_dtype(dtype)
     if device.type == "cuda":
         return {"D": 4096, "F": 14336, "H": 128, "prefill_tokens": 4096, "S": 4096, "decode_Bs": [1, 8, 64]}
     if device.type == "mps":
@@ -120,22 +122,6 @@ def default_mlp_attention_sizes(device, dtype) -> dict:
 # --------------------------------------------------------------------------------------------
 # Timing with rotating inputs
 # --------------------------------------------------------------------------------------------
-
-
-def is_oom(error: BaseException) -> bool:
-    """True for a GPU out-of-memory error, or a CPU allocation failure."""
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate" in text)
-
-
-def _free_after_oom(device: torch.device) -> None:
-    import gc
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def copies_needed(bytes_per_copy: float, device, cache_factor: float = 2.0, max_copies: int = 64) -> int:
@@ -193,8 +179,7 @@ def matmul_sweep(device=None, dtype=None, Bs=None, D: int | None = None, F: int 
     (see ``copies_needed``). Returns one record (dict) per B, in order; a B that runs out of
     memory is recorded with ``status="oom"`` and the sweep goes on.
     """
-    device = torch.device(device) if device is not None else hardware.pick_device()
-    dtype = hardware.check_dtype(device, dtype if dtype is not None else hardware.pick_dtype(device))
+    device, dtype = devices.resolve(device, dtype)
     sizes = default_matmul_sizes(device, dtype)
     D, F = D or sizes["D"], F or sizes["F"]
     Bs = list(Bs) if Bs is not None else sizes["Bs"]
@@ -216,11 +201,11 @@ def matmul_sweep(device=None, dtype=None, Bs=None, D: int | None = None, F: int 
         except (RuntimeError, MemoryError) as e:
             if not (isinstance(e, MemoryError) or is_oom(e)):
                 raise
-            _free_after_oom(device)
+            free_memory(device)
         records.append(_record(
             "matmul", seconds, analysis.matmul_flops(B, D, F), analysis.matmul_bytes(B, D, F, size),
             analysis.matmul_intensity(B, D, F, size), B=int(B), D=D, F=F,
-            dtype=hardware.dtype_name(dtype), element_size=size, weight_copies=n_w))
+            dtype=devices.dtype_name(dtype), element_size=size, weight_copies=n_w))
         del X, Y
     del Ws
     return records
@@ -343,8 +328,7 @@ def mlp_attention_measurements(device=None, dtype=None, *, D: int | None = None,
     Sizes default by device (``default_mlp_attention_sizes``). Returns records with ``kind``
     ("mlp"/"attention"), ``phase`` ("prefill"/"decode"), B, T, S, and the measurements.
     """
-    device = torch.device(device) if device is not None else hardware.pick_device()
-    dtype = hardware.check_dtype(device, dtype if dtype is not None else hardware.pick_dtype(device))
+    device, dtype = devices.resolve(device, dtype)
     sizes = default_mlp_attention_sizes(device, dtype)
     D, F, H = D or sizes["D"], F or sizes["F"], H or sizes["H"]
     P, S = prefill_tokens or sizes["prefill_tokens"], S or sizes["S"]
@@ -353,7 +337,7 @@ def mlp_attention_measurements(device=None, dtype=None, *, D: int | None = None,
         raise ValueError(f"D = {D} must be a multiple of the head dim H = {H} (D = N·H).")
     N = D // H
     size = torch.tensor([], dtype=dtype).element_size()
-    name = hardware.dtype_name(dtype)
+    name = devices.dtype_name(dtype)
     min_calls = 4 if device.type != "cpu" else 1
     cases = [("mlp", "prefill", 1, P, P)] + [("mlp", "decode", B, 1, S) for B in decode_Bs] \
         + [("attention", "prefill", 1, P, P)] + [("attention", "decode", B, 1, S) for B in decode_Bs]
@@ -370,7 +354,7 @@ def mlp_attention_measurements(device=None, dtype=None, *, D: int | None = None,
         except (RuntimeError, MemoryError) as e:
             if not (isinstance(e, MemoryError) or is_oom(e)):
                 raise
-            _free_after_oom(device)
+            free_memory(device)
         if kind == "mlp":
             flops, nbytes = analysis.mlp_flops(B, T, D, F), analysis.mlp_bytes(B, T, D, F, size)
             intensity = analysis.mlp_intensity(B, T, D, F, size)
@@ -442,36 +426,6 @@ def plot_records(ax, records, label: str, color=None, marker: str = "o", annotat
 
 
 # --------------------------------------------------------------------------------------------
-# Reference files
-# --------------------------------------------------------------------------------------------
-
-
-def reference_dir() -> Path:
-    """``data/reference``: reference measurements shipped with the repository."""
-    return data_path("reference")
-
-
-def load_references(pattern: str = "matmul_*.json") -> list[dict]:
-    """Every reference measurement file in ``data/reference`` matching ``pattern`` (parsed JSON,
-    with ``path`` added), sorted by file name; an empty list if there are none."""
-    folder = reference_dir()
-    if not folder.is_dir():
-        return []
-    out = []
-    for path in sorted(folder.glob(pattern)):
-        ref = json.loads(path.read_text())
-        ref["path"] = str(path)
-        out.append(ref)
-    return out
-
-
-def device_slug(info: hardware.DeviceInfo) -> str:
-    """A file-name-friendly device name: "h100_sxm" for a matched spec, else from the name."""
-    text = info.spec.key if info.spec else (info.type if info.type != "cuda" else info.name)
-    return "_".join(hardware._words(text)) or info.type
-
-
-# --------------------------------------------------------------------------------------------
 # The CLI: measure everything and write a reference file
 # --------------------------------------------------------------------------------------------
 
@@ -482,19 +436,18 @@ def measure_reference(device=None, dtype=None, tiny: bool = False, progress: boo
     ``tiny=True`` uses toy sizes (seconds on a CPU): for tests of the file format only.
     """
     t0 = time.perf_counter()
-    device = torch.device(device) if device is not None else hardware.pick_device()
-    dtype = hardware.check_dtype(device, dtype if dtype is not None else hardware.pick_dtype(device))
+    device, dtype = devices.resolve(device, dtype)
     info = hardware.detect(device)
     info.dtype = dtype
     if tiny:
-        ceilings = hardware.measure_ceilings(device, dtype, seconds=0.1, nbytes=4 * MiB, n=128)
+        ceilings = measure_ceilings(device, dtype, seconds=0.1, nbytes=4 * MiB, n=128)
         # toy sizes fit in any cache: one copy of each operand (cache_factor=0) keeps this fast
         sweep = matmul_sweep(device, dtype, Bs=[1, 2, 4, 8, 16, 32, 64], D=64, F=64, seconds_per_point=0.005,
                              cache_factor=0)
         mlp_att = mlp_attention_measurements(device, dtype, D=64, F=128, H=16, prefill_tokens=32, S=32,
                                              decode_Bs=[1, 4], seconds_per_point=0.005, cache_factor=0)
     else:
-        ceilings = hardware.measure_ceilings(device, dtype, seconds=2.0)
+        ceilings = measure_ceilings(device, dtype, seconds=2.0)
         sweep = matmul_sweep(device, dtype, progress=progress)
         mlp_att = mlp_attention_measurements(device, dtype, progress=progress)
     try:
@@ -504,8 +457,8 @@ def measure_reference(device=None, dtype=None, tiny: bool = False, progress: boo
     first = sweep[0]
     spec = info.spec
     return {
-        "about": ("Measured by `python -m lecture_lib.roofline` (lecture_lib/roofline.py): the device's "
-                  "ceilings (hardware.measure_ceilings: a large copy for bandwidth, counted read + write; "
+        "about": ("Measured by `python -m lecture_lib.measure.roofline` (lecture_lib/measure/roofline.py): the device's "
+                  "ceilings (ceilings.measure_ceilings: a large copy for bandwidth, counted read + write; "
                   "a large square matmul for FLOP/s), a matmul sweep X[B x D] @ W[D x F] over B, the ridge "
                   "fitted to that sweep (ridge_from_sweep), and SwiGLU MLP / attention in prefill and "
                   "decode. FLOPs and bytes come from lecture_lib.analysis; seconds are medians."),
@@ -513,11 +466,11 @@ def measure_reference(device=None, dtype=None, tiny: bool = False, progress: boo
         "device_type": device.type,
         "spec": spec.key if spec else None,
         "spec_figures": ({"flops": spec.flops_for(dtype), "memory_bandwidth": spec.memory_bandwidth}
-                         if spec and spec.flops.get(hardware.dtype_name(dtype)) else None),
+                         if spec and spec.flops.get(devices.dtype_name(dtype)) else None),
         "torch": torch.__version__,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "dtype": hardware.dtype_name(dtype),
+        "dtype": devices.dtype_name(dtype),
         "tiny": tiny,
         "ceilings": {"bandwidth": ceilings.bandwidth, "flops": ceilings.flops, "ridge": ceilings.ridge},
         "matmul": {"D": first["D"], "F": first["F"], "records": sweep},
@@ -529,7 +482,7 @@ def measure_reference(device=None, dtype=None, tiny: bool = False, progress: boo
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m lecture_lib.roofline",
+        prog="python -m lecture_lib.measure.roofline",
         description="Measure this device's roofline (ceilings, matmul sweep over B, MLP and attention "
                     "in prefill/decode) and write it as JSON, e.g. the reference file notebook 03 overlays.")
     p.add_argument("--out", type=Path, default=None,
@@ -538,7 +491,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: the device's, bf16 on an H100)")
     p.add_argument("--tiny", action="store_true", help="toy sizes, for testing the file format")
     args = p.parse_args(argv)
-    device = torch.device(args.device) if args.device else hardware.pick_device()
+    device = torch.device(args.device) if args.device else devices.pick_device()
     ref = measure_reference(device, args.dtype, tiny=args.tiny, progress=sys.stderr.isatty())
     out = args.out or reference_dir() / f"matmul_{device_slug(hardware.detect(device))}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

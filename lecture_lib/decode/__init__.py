@@ -1,0 +1,18 @@
+"""Decoding: turning a model and a prompt into new tokens.
+
+- ``sampling``: the one sampler (greedy, temperature, top-k; no host sync), and its input checks.
+- ``result``: ``Generation``, what every generate function returns (tokens, times, finish reasons).
+- ``stopping``: EOS and per-sequence token limits.
+- ``generate``: naive (no cache) and KV-cached decoding, the readable reference.
+- ``fast``: ``FastGenerator``, a static cache and a compiled step with CUDA graphs (the roofline path).
+
+What does not live here: the caches (``lecture_lib.cache``), timing and benchmarks
+(``lecture_lib.measure``), and scheduling many requests (a serving engine, ``lecture_lib.serving``).
+"""
+from .fast import FastGenerator, fuse_projections_
+from .generate import generate, generate_cached, generate_naive
+from .result import Generation
+from .sampling import sample
+
+__all__ = ["FastGenerator", "fuse_projections_", "generate", "generate_cached", "generate_naive",
+           "Generation", "sample"]
