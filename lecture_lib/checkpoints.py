@@ -150,10 +150,8 @@ def load_checkpoint(name_or_path, device=None, dtype: torch.dtype | None = None,
     weight, but the models were trained on windows of 256 bytes, so quality past that is untested.
     """
     weights, _ = _paths(name_or_path)
+    cfg = read_config(weights)
     state = load_file(str(weights))
-    with open(weights, "rb") as f:  # the config lives in the safetensors header
-        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-    cfg = ModelConfig.from_dict(json.loads(header["__metadata__"]["config"]))
     if S_max is not None:
         cfg = cfg.replace(S_max=S_max)
     model = Transformer(cfg)
@@ -161,6 +159,27 @@ def load_checkpoint(name_or_path, device=None, dtype: torch.dtype | None = None,
         state["lm_head.weight"] = state["tok_emb.weight"]
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
+
+
+def read_config(weights: Path) -> ModelConfig:
+    """The ModelConfig stored in a checkpoint's safetensors header, with clear errors for a file
+    that is not safetensors, or one not written by ``save_checkpoint`` (no config in it)."""
+    size = weights.stat().st_size
+    with open(weights, "rb") as f:  # safetensors: 8 bytes of header length, then a JSON header
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            if size < 8 or not 2 <= n <= size - 8:
+                raise ValueError
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"{weights} is not a safetensors file (its first bytes are no safetensors "
+                             f"header). Pass a checkpoint written by save_checkpoint, or re-download it.") from None
+    config = (header.get("__metadata__") or {}).get("config")
+    if config is None:
+        raise ValueError(f"{weights} is a safetensors file without the model config in its metadata, so it "
+                         "was not written by lecture_lib.checkpoints.save_checkpoint. For a Hugging Face "
+                         "checkpoint (a folder with config.json) use lecture_lib.hf.from_pretrained.")
+    return ModelConfig.from_dict(json.loads(config))
 
 
 def load_meta(name_or_path) -> dict:

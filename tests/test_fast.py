@@ -9,7 +9,7 @@ from lecture_lib import ModelConfig, Transformer
 from lecture_lib.cache import StaticKVCache
 from lecture_lib.decode.fast import FastGenerator, fuse_projections_
 from lecture_lib.decode.sampling import sample
-from lecture_lib.decode.generate import generate_cached
+from lecture_lib.decode.plain import generate_cached
 
 
 def model_with(K, **kw):

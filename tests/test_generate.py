@@ -3,7 +3,7 @@ import torch
 
 from lecture_lib import ModelConfig, Transformer
 from lecture_lib.cache import KVCache
-from lecture_lib.decode.generate import generate, generate_cached, generate_naive
+from lecture_lib.decode.plain import generate, generate_cached, generate_naive
 from lecture_lib.decode.sampling import sample
 
 

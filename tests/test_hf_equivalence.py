@@ -4,7 +4,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from lecture_lib.decode.generate import generate_cached  # noqa: E402
+from lecture_lib.decode.plain import generate_cached  # noqa: E402
 from lecture_lib.hf import from_pretrained  # noqa: E402
 
 

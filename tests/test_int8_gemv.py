@@ -23,7 +23,9 @@ def test_cpu_inputs_take_the_portable_path():
 def test_decode_shapes_of_llama3_8b():
     from lecture_lib.config import get_config
 
-    shapes = int8_gemv.decode_shapes(get_config("llama3-8b"))
+    from lecture_lib.measure.gemv_bench import decode_shapes
+
+    shapes = decode_shapes(get_config("llama3-8b"))
     assert shapes["wqkv"] == (6144, 4096) and shapes["w_down"] == (4096, 14336)
     assert shapes["w_gate_up"] == (2 * 14336, 4096)
     assert shapes["lm_head"] == (128256, 4096)

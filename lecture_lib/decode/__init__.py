@@ -3,14 +3,15 @@
 - ``sampling``: the one sampler (greedy, temperature, top-k; no host sync), and its input checks.
 - ``result``: ``Generation``, what every generate function returns (tokens, times, finish reasons).
 - ``stopping``: EOS and per-sequence token limits.
-- ``generate``: naive (no cache) and KV-cached decoding, the readable reference.
+- ``plain``: naive (no cache) and KV-cached decoding, the readable reference (``generate_naive``,
+  ``generate_cached``, ``generate``).
 - ``fast``: ``FastGenerator``, a static cache and a compiled step with CUDA graphs (the roofline path).
 
 What does not live here: the caches (``lecture_lib.cache``), timing and benchmarks
 (``lecture_lib.measure``), and scheduling many requests (a serving engine, ``lecture_lib.serving``).
 """
 from .fast import FastGenerator, fuse_projections_
-from .generate import generate, generate_cached, generate_naive
+from .plain import generate, generate_cached, generate_naive
 from .result import Generation
 from .sampling import sample
 

@@ -35,7 +35,7 @@ from torch import nn
 from ..cache.static import StaticKVCache
 from ..devices import synchronize
 from ..model import Transformer
-from .generate import check_ids
+from .plain import check_ids
 from .result import Generation
 from .sampling import check_sampling, sample
 from .stopping import check_token_id, finish_reasons_from_tokens, token_limits

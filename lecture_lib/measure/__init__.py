@@ -10,8 +10,10 @@ quantization does to a model's quality.
 - ``references``: the reference measurements shipped in ``data/reference``.
 - ``bench``: the decode benchmark, naive to int8 (``python -m lecture_lib.bench``).
 - ``gqa_sweep``: the decode step against the number of KV heads.
+- ``gemv_bench``: the int8 GEMV kernel against cuBLAS and Inductor (``python -m lecture_lib.measure.gemv_bench``).
 - ``quality``: perplexity and KL of a (quantized) model, through a KV cache or not.
 
+What does not live here: anything a model needs to run (a measurement only watches).
 Everything here may import the rest of the library; nothing else in the library imports from
 here (``lecture_lib.bench`` is only the benchmark's short command name). A serving
 engine (continuous batching, a paged cache) will be ``lecture_lib.serving``, beside this package:

@@ -39,7 +39,7 @@ import torch
 from .. import analysis, devices, hardware, hf
 from ..config import ModelConfig, get_config
 from ..decode.fast import FastGenerator, fuse_projections_
-from ..decode.generate import generate_cached, generate_naive
+from ..decode.plain import generate_cached, generate_naive
 from ..devices import synchronize
 from ..model import Transformer
 from .ceilings import measure_copy_bandwidth
@@ -341,7 +341,14 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
     unknown = [r for r in rungs if r not in RUNGS]
     if unknown:
         raise ValueError(f"unknown rungs {unknown}; choose from {RUNGS}.")
-    cfg = cfg.replace(S_max=max(cfg.S_max, prompt_len + new))
+    for name, value in (("batch", batch), ("prompt_len", prompt_len), ("new", new), ("repeats", repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if prompt_len + new > cfg.S_max:
+        raise ValueError(
+            f"prompt ({prompt_len}) + new ({new}) = {prompt_len + new} tokens exceed {cfg.name}'s longest "
+            f"sequence, S_max = {cfg.S_max}. Shorten --prompt or --new, or give a shape with a longer "
+            f"S_max (--shape ...,S_max={prompt_len + new}).")
     info = hardware.detect(device)
     log(f"device: {info.describe()}")
     if bandwidth is None:
@@ -448,6 +455,17 @@ def format_table(result: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer of at least 1 (a batch, a length, a count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lecture_lib.bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command")
@@ -455,9 +473,9 @@ def _parser() -> argparse.ArgumentParser:
     g = d.add_mutually_exclusive_group()
     g.add_argument("--preset", help="a model preset from data/models.json (e.g. llama3.2-1b-like, llama3-8b)")
     g.add_argument("--shape", help="L=..,D=..,N=..,K=..,H=..,F=..,V=.. (random weights)")
-    d.add_argument("--batch", type=int, default=1)
-    d.add_argument("--prompt", type=int, default=16)
-    d.add_argument("--new", type=int, default=256)
+    d.add_argument("--batch", type=_positive, default=1)
+    d.add_argument("--prompt", type=_positive, default=16)
+    d.add_argument("--new", type=_positive, default=256)
     d.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: the device's (bf16 on "
                    "Ampere+, fp16 on older GPUs, fp32 on a CPU)")
     d.add_argument("--rungs", default=None, help=f"comma-separated, from {','.join(RUNGS)} "
@@ -465,7 +483,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--hf", action="store_true", help="also time transformers' LlamaForCausalLM.generate")
     d.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     d.add_argument("--device", help="default: cuda, then mps, then cpu")
-    d.add_argument("--repeats", type=int, default=3, help="timed runs per rung (median)")
+    d.add_argument("--repeats", type=_positive, default=3, help="timed runs per rung (median)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--compile-cpu", action="store_true",
                    help="run compiled/int8 rungs with Inductor on a CPU")
@@ -494,6 +512,9 @@ def main(argv=None) -> dict:
         cfg = get_config(args.preset or ("medium" if device.type == "cuda" else "small"))
     rungs = [r.strip() for r in (args.rungs or "naive,cached,static,compiled,int8").split(",")
              if r.strip() and r.strip() != "none"]  # "none": only the HF rows (with --hf)
+    if args.prompt + args.new > cfg.S_max:
+        _parser().error(f"--prompt {args.prompt} + --new {args.new} = {args.prompt + args.new} tokens exceed "
+                        f"{cfg.name}'s S_max = {cfg.S_max}: shorten them, or use --shape ...,S_max=N.")
     result = run_decode(
         cfg, batch=args.batch, prompt_len=args.prompt, new=args.new,
         dtype=devices.as_torch_dtype(args.dtype) if args.dtype else None, rungs=rungs, hf=args.hf,

@@ -372,5 +372,4 @@ def graph_seconds(fn: Callable, *args, calls: int = 10, repeats: int = 20) -> fl
     (CUDA events), the median replay divided by ``calls``. For kernel timings that should compare
     with the decode step's, not with eager launches."""
     graphed = capture_cuda_graph(lambda *a: [fn(*a) for _ in range(calls)][-1], *args)
-    return time_fn(graphed, warmup=3, repeats=repeats, device=graphed.static_args[0].device
-                   if graphed.static_args else "cuda").median / calls
+    return time_fn(graphed, warmup=3, repeats=repeats, device="cuda").median / calls

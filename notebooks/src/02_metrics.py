@@ -27,9 +27,11 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import torch
 from tqdm.auto import tqdm
 
-from lecture_lib import Transformer, analysis, economics, get_config, hardware
-from lecture_lib.generate import Generation, generate_cached
+from lecture_lib import Transformer, analysis, devices, economics, get_config
+from lecture_lib.cache import KVCache
+from lecture_lib.decode import Generation, generate_cached
 from lecture_lib.notebook import setup
+from lecture_lib.measure import ceilings
 from lecture_lib.plotting import COLORS
 
 env = setup(seed=0)
@@ -68,7 +70,7 @@ assert abs(g.end_to_end - (g.ttft + sum(g.inter_token_latencies))) < 1e-12
 # prompts with 128k vocabulary would take tens of GB).
 #
 # The memory-bound model needs the memory bandwidth: we measure it with a large copy
-# (`hardware.measure_copy_bandwidth`), and the peak matmul rate for the compute side.
+# (`ceilings.measure_copy_bandwidth`), and the peak matmul rate for the compute side.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -82,13 +84,13 @@ with torch.device(env.device):  # build the weights directly on the device (fast
 model = model.to(env.dtype).eval()
 elt = torch.finfo(env.dtype).bits // 8  # bytes per number: 4 on CPU (fp32), 2 on GPU (bf16)
 
-bandwidth = hardware.measure_copy_bandwidth(env.device)
-peak_flops = hardware.measure_matmul_flops(env.device, env.dtype, seconds=0.5)
+bandwidth = ceilings.measure_copy_bandwidth(env.device)
+peak_flops = ceilings.measure_matmul_flops(env.device, env.dtype, seconds=0.5)
 weight_bytes = (analysis.linear_params(cfg) + analysis.norm_params(cfg)) * elt
 print(f"{cfg.name}: L={cfg.L} D={cfg.D} N={cfg.N} K={cfg.K} H={cfg.H} F={cfg.F} V={cfg.V}, "
       f"{model.num_params() / 1e6:,.1f}M parameters, {weight_bytes / 1e6:,.0f} MB of weights read per step")
 print(f"KV cache: {analysis.kv_bytes_per_token(cfg, elt):,.0f} bytes per token")
-print(f"measured copy bandwidth {bandwidth / 1e9:,.1f} GB/s, {hardware.dtype_name(env.dtype)} matmul "
+print(f"measured copy bandwidth {bandwidth / 1e9:,.1f} GB/s, {devices.dtype_name(env.dtype)} matmul "
       f"{peak_flops / 1e12:,.3g} TFLOP/s")
 if env.info.spec:
     print(f"datasheet: {env.info.spec.memory_bandwidth / 1e9:,.0f} GB/s, "
@@ -137,7 +139,7 @@ print(f"one stream: {1 / itl:,.0f} tokens/s, {1 / itl / reading:,.0f}x a person'
 # NBVAL_IGNORE_OUTPUT
 P_max = env.size(cpu=1000, gpu=4000)
 prompt_lengths = [int(p) for p in np.unique(np.geomspace(16, P_max, 9).astype(int))]
-cache = model.new_cache(1, P_max + 1)  # allocated once, as a server would
+cache = KVCache.for_model(model, 1, P_max + 1)  # allocated once, as a server would
 ttft = []
 for P in tqdm(prompt_lengths, desc="TTFT vs prompt length"):
     x = torch.randint(0, cfg.V, (1, P), device=env.device)
@@ -205,7 +207,7 @@ latency, throughput = {}, {}
 for B in tqdm(batch_sizes, desc="decode vs batch"):
     try:
         x = torch.randint(0, cfg.V, (B, P0), device=env.device)
-        cache = model.new_cache(B, P0 + T_new)
+        cache = KVCache.for_model(model, B, P0 + T_new)
         generate_cached(model, x, 4, cache=cache)  # warm-up for this batch size
         runs = [generate_cached(model, x, T_new, cache=cache) for _ in range(repeats)]
         best = min(runs, key=lambda r: np.median(r.inter_token_latencies))  # least disturbed run
@@ -297,7 +299,7 @@ if env.on_gpu:  # the weights (GBs) cannot sit in a cache: no step can beat read
 # NBVAL_IGNORE_OUTPUT
 n_requests = 20
 x = torch.randint(0, cfg.V, (1, P0), device=env.device)
-cache = model.new_cache(1, P0 + T_new)
+cache = KVCache.for_model(model, 1, P0 + T_new)
 requests = [generate_cached(model, x, T_new, cache=cache) for _ in tqdm(range(n_requests), desc="requests")]
 del cache
 per_request = {

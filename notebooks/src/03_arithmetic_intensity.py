@@ -23,7 +23,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from lecture_lib import analysis, hardware, roofline, widgets
+from lecture_lib import analysis, devices, hardware, widgets
+from lecture_lib.measure import references, roofline
+from lecture_lib.measure.ceilings import measure_ceilings
 from lecture_lib.notebook import setup
 from lecture_lib.plotting import COLORS, loglog_slope
 
@@ -124,10 +126,10 @@ print(f"kipply, A100: 312e12 / 1.5e12 = {analysis.accelerator_intensity(312e12, 
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-ceilings = hardware.measure_ceilings(env.device, env.dtype)
+ceilings = measure_ceilings(env.device, env.dtype)
 print(ceilings)
 spec = env.info.spec
-if spec is not None and spec.flops.get(hardware.dtype_name(env.dtype)):
+if spec is not None and spec.flops.get(devices.dtype_name(env.dtype)):
     print(f"datasheet ({spec.key}): {spec.memory_bandwidth / 1e9:,.0f} GB/s, "
           f"{spec.flops_for(env.dtype) / 1e12:,.0f} TFLOP/s, ridge {spec.ridge(env.dtype):,.0f}: measured "
           f"{ceilings.bandwidth / spec.memory_bandwidth:.0%} of the bandwidth, "
@@ -166,16 +168,16 @@ print(f"from the ceilings: ridge {ceilings.ridge:,.1f} FLOP/byte")
 # reports where they cross. It also reports the first B that reaches 80% of the fitted plateau
 # (real curves bend before the corner).
 #
-# Reference measurements from a real H100, made by `python -m lecture_lib.roofline` and shipped in
+# Reference measurements from a real H100, made by `python -m lecture_lib.measure.roofline` and shipped in
 # `data/reference/`, are drawn on the same axes, so that a CPU run shows both.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-references = roofline.load_references()
-if not references:
+matmul_refs = references.load_references()
+if not matmul_refs:
     print("Note: no reference measurements in data/reference/ (matmul_*.json) yet, so there is no "
-          "H100 overlay. Make one on a GPU with: python -m lecture_lib.roofline")
-for ref in references:
+          "H100 overlay. Make one on a GPU with: python -m lecture_lib.measure.roofline")
+for ref in matmul_refs:
     r = ref.get("ridge", {})
     print(f"reference: {ref['device']}, {ref['dtype']}, measured {ref['date'][:10]}; ceilings "
           f"{ref['ceilings']['bandwidth'] / 1e9:,.0f} GB/s, {ref['ceilings']['flops'] / 1e12:,.3g} TFLOP/s; "
@@ -201,12 +203,12 @@ roofline.plot_roofline(ax1, ceilings.flops, ceilings.bandwidth, f"this device, m
 roofline.plot_roofline(ax1, ridge.plateau_flops, ridge.bandwidth, f"fitted to the sweep (ridge {ridge.intensity:,.0f})",
                        COLORS["measured"], ":", x_range, lw=1)
 roofline.plot_records(ax1, sweep, f"matmul sweep, {ok[0]['dtype']}", COLORS["measured"], annotate=(1, fit_hi, 512))
-if spec is not None and spec.flops.get(hardware.dtype_name(env.dtype)):
+if spec is not None and spec.flops.get(devices.dtype_name(env.dtype)):
     roofline.plot_roofline(ax1, spec.flops_for(env.dtype), spec.memory_bandwidth, f"{spec.key} datasheet",
                            COLORS["theory"], "-", x_range, lw=1)
 roofline.plot_roofline(ax1, h100.flops_for("bf16"), h100.memory_bandwidth, "H100 datasheet (lecture: ridge 295)",
                        COLORS["roofline"], "-", x_range, lw=1, alpha=0.6)
-for ref in references:
+for ref in matmul_refs:
     c = ref["ceilings"]
     roofline.plot_roofline(ax1, c["flops"], c["bandwidth"], f"reference {ref.get('spec') or ref['device_type']}: measured ceilings",
                            COLORS["reference"], "--", x_range, lw=1)
@@ -227,7 +229,7 @@ if np.isfinite(ridge.B):
 for b in oom:
     ax2.axvline(b, color="black", ls="-", lw=0.5)
     ax2.annotate("OOM", (b, ceilings.flops), rotation=90, fontsize=7)
-for ref in references:
+for ref in matmul_refs:
     rok = roofline.ok_records(ref["matmul"]["records"])
     ax2.loglog([r["B"] for r in rok], [r["flops_per_s"] for r in rok], "s-", ms=4, color=COLORS["reference"],
                label=f"reference {ref.get('spec') or ref['device_type']} ({ref['dtype']})")
@@ -332,7 +334,7 @@ for (kind, phase), marker in styles.items():
     roofline.plot_records(ax, roofline.ok_records(blocks, kind, phase), f"{kind} {phase}", COLORS["measured"], marker,
                           annotate=(1, 8, 32, 64) if (kind, phase) == ("mlp", "decode") else (), ms=7,
                           mfc="none" if phase == "decode" else None)
-for ref in references:
+for ref in matmul_refs:
     c = ref["ceilings"]
     name = ref.get("spec") or ref["device_type"]
     roofline.plot_roofline(ax, c["flops"], c["bandwidth"], f"reference {name}: measured ceilings", COLORS["reference"], "--", x_range)

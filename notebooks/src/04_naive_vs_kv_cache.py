@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from lecture_lib import Transformer, analysis, get_config
-from lecture_lib.generate import generate_cached, generate_naive
+from lecture_lib.cache import KVCache
+from lecture_lib.decode import generate_cached, generate_naive
 from lecture_lib.notebook import setup
 from lecture_lib.plotting import COLORS, human_bytes, plot_loglog_fit
-from lecture_lib.timing import time_fn
+from lecture_lib.measure.timing import time_fn
 
 env = setup(seed=0)
 
@@ -161,7 +162,7 @@ assert 1.7 < fslope_naive < 2.6 and 0.8 < fslope_cached < 1.4, "FLOP slopes: ~T^
 # %%
 # NBVAL_IGNORE_OUTPUT
 for B_kv, S_kv in [(1, 256), (4, 1024), (16, cfg.S_max)]:  # B itself stays the decode batch
-    cache = model.new_cache(B_kv, S_kv)
+    cache = KVCache.for_model(model, B_kv, S_kv)
     formula = analysis.kv_cache_bytes(cfg, B_kv, S_kv, bytes_per_value=cache.k.element_size())
     assert cache.nbytes == formula
     print(f"B={B_kv:>2} S={S_kv:>5}: formula {human_bytes(formula):>10}, allocated {human_bytes(cache.nbytes):>10}")
@@ -198,7 +199,7 @@ prompt_lengths = [int(p) for p in np.unique(np.geomspace(8, env.size(cpu=512, gp
 prefill_tps = []
 for p in prompt_lengths:
     x = torch.randint(0, cfg.V, (1, p), device=env.device)
-    cache = model.new_cache(1, p)
+    cache = KVCache.for_model(model, 1, p)
     with torch.inference_mode():
         t = time_fn(lambda: model(x, cache, 0), warmup=1, repeats=env.size(3, 10), device=env.device)
     prefill_tps.append(p / t.median)

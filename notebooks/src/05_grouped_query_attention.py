@@ -32,12 +32,15 @@ import torch
 from einops import rearrange, repeat
 from tqdm.auto import tqdm
 
-from lecture_lib import ModelConfig, Transformer, analysis, get_config, hardware, widgets
+from lecture_lib import ModelConfig, Transformer, analysis, devices, get_config, widgets
+from lecture_lib.cache import KVCache
 from lecture_lib.checkpoints import load_checkpoint, load_meta, perplexity
 from lecture_lib.config import mla_config
 from lecture_lib.corpus import heldout_tokens
-from lecture_lib.gqa import decode_sweep, expand_kv_heads, pool_kv_heads
+from lecture_lib.gqa import expand_kv_heads, pool_kv_heads
 from lecture_lib.hardware import get_spec, load_specs
+from lecture_lib.measure import ceilings
+from lecture_lib.measure.gqa_sweep import decode_sweep
 from lecture_lib.model import apply_rope
 from lecture_lib.notebook import setup
 from lecture_lib.plotting import COLORS, human_bytes
@@ -115,7 +118,7 @@ mha_model = expand_kv_heads(gqa_model)
 tokens = torch.randint(0, base.V, (2, 32))
 with torch.no_grad():
     torch.testing.assert_close(mha_model(tokens), gqa_model(tokens), atol=1e-5, rtol=1e-4)
-small_cache, big_cache = gqa_model.new_cache(1, 1024).nbytes, mha_model.new_cache(1, 1024).nbytes
+small_cache, big_cache = KVCache.for_model(gqa_model, 1, 1024).nbytes, KVCache.for_model(mha_model, 1, 1024).nbytes
 assert big_cache == base.N // 2 * small_cache
 print(f"GQA (K=2) and its expanded MHA twin (K=8): same logits; KV cache for 1024 tokens "
       f"{human_bytes(small_cache)} vs {human_bytes(big_cache)}")
@@ -279,12 +282,12 @@ S_sweep = env.size(cpu=2048, gpu=16384)
 threads = torch.get_num_threads()
 if env.device.type == "cpu":
     torch.set_num_threads(1)
-bandwidth_measured = hardware.measure_copy_bandwidth(env.device, seconds=0.5)
+bandwidth_measured = ceilings.measure_copy_bandwidth(env.device, seconds=0.5)
 points = decode_sweep(sweep_cfg, Ks, B=B_sweep, S=S_sweep, device=env.device, dtype=env.dtype,
                       warmup=2, repeats=env.size(cpu=3, gpu=10), rounds=env.size(cpu=4, gpu=3), progress=tqdm)
 torch.set_num_threads(threads)
 print(f"{sweep_cfg.name}: L={sweep_cfg.L} D={sweep_cfg.D} N={sweep_cfg.N} H={sweep_cfg.H}, "
-      f"B={B_sweep}, context S={S_sweep}, {hardware.dtype_name(env.dtype)}; measured copy bandwidth {bandwidth_measured / 1e9:,.1f} GB/s")
+      f"B={B_sweep}, context S={S_sweep}, {devices.dtype_name(env.dtype)}; measured copy bandwidth {bandwidth_measured / 1e9:,.1f} GB/s")
 print(f"{'K':>3} {'KV cache':>10} {'weights':>10} {'step (median)':>14} {'p10..p90 (ms)':>15} "
       f"{'bytes/BW':>9} {'peak (CUDA)':>12}")
 for p in points:

@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F_
 
 from lecture_lib import analysis, corpus, get_config, quant
+from lecture_lib.cache import Int8KVCache, KVCache
 from lecture_lib.checkpoints import EVAL_WINDOWS, load_checkpoint, load_meta, perplexity
-from lecture_lib.generate import generate_cached
+from lecture_lib.decode import generate_cached
 from lecture_lib.plotting import COLORS, human_bytes
-from lecture_lib.quant_eval import (cached_perplexity, capture_inputs, group_size_for, perplexity_and_kl,
-                                   quantize_int4_)
+from lecture_lib.measure.quality import cached_perplexity, perplexity_and_kl
+from lecture_lib.quant import capture_inputs, group_size_for, quantize_int4_
 from lecture_lib.notebook import setup
 from lecture_lib.widgets import interact
 
@@ -452,7 +453,7 @@ assert synth[-1][1] < 2 * synth[0][1] + 1e-3, "the decomposition should stay as 
 # for the whole model (64 or 128, which divide the dims of real models); here D and F share only
 # small divisors (printed below), so we try both: the one g that divides every input dim, and
 # groups of up to 64 chosen per layer (the largest divisor of its input dim up to 64,
-# `quant_eval.group_size_for`).
+# `quant.group_size_for`).
 #
 # **Quality**: held-out perplexity, and the **KL divergence** from the original model's next-token
 # distribution (nats per token). When the damage is a fraction of a percent of perplexity, whether
@@ -592,7 +593,7 @@ assert r4c["linear_bytes"] < r4m["linear_bytes"] < r8["linear_bytes"]
 # ## 6. An int8 KV cache
 #
 # The KV cache is read every step as well, and at long contexts and large batches it outweighs the
-# weights (notebooks 04 and 05). `quant.Int8KVCache` stores keys and values as int8 with one absmax
+# weights (notebooks 04 and 05). `Int8KVCache` stores keys and values as int8 with one absmax
 # scale per (token, head), in the model's dtype: 1 + (scale bytes)/H bytes a number instead of 2
 # (bf16) or 4 (fp32).
 
@@ -600,8 +601,8 @@ assert r4c["linear_bytes"] < r4m["linear_bytes"] < r8["linear_bytes"]
 # NBVAL_IGNORE_OUTPUT
 S = cfg.S_max
 for B_kv in (1, 16):
-    c_full = model_fp32.new_cache(B_kv, S)
-    c_int8 = quant.Int8KVCache.for_model(model_fp32, B_kv, S)
+    c_full = KVCache.for_model(model_fp32, B_kv, S)
+    c_int8 = Int8KVCache.for_model(model_fp32, B_kv, S)
     formula = analysis.kv_cache_bytes(cfg, B_kv, S, bytes_per_value=1 + 4 / cfg.H)
     assert c_int8.nbytes == formula
     print(f"B={B_kv:>2}, S={S}: fp32 cache {human_bytes(c_full.nbytes):>10}, int8 cache {human_bytes(c_int8.nbytes):>10} "
@@ -610,13 +611,13 @@ for B_kv in (1, 16):
 
 # %% [markdown]
 # Quality: held-out perplexity with every key and value written to the cache and read back
-# (`quant_eval.cached_perplexity`). Each window goes through the cache in one prefill call; since
+# (`measure.quality.cached_perplexity`). Each window goes through the cache in one prefill call; since
 # every query attends to keys and values *read back from the cache*, that is exactly what
 # token-by-token decoding sees (the library's test checks that both give the same number).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-int8_cache = lambda m, B, S: quant.Int8KVCache.for_model(m, B, S)  # noqa: E731
+int8_cache = lambda m, B, S: Int8KVCache.for_model(m, B, S)  # noqa: E731
 ppl_cache = cached_perplexity(model_fp32, heldout, max_windows=n_windows)
 ppl_kv8 = cached_perplexity(model_fp32, heldout, int8_cache, max_windows=n_windows)
 ppl_both = cached_perplexity(quantized(model_fp32, "int8 per channel"), heldout, int8_cache, max_windows=n_windows)

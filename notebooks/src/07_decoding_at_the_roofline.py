@@ -16,7 +16,7 @@
 # | `cached` | KV cache, one token a step, eager PyTorch, the token copied to the host every step | recomputation |
 # | `static` | `FastGenerator(compile=False)`: cache at fixed shapes written in place (unused tail masked), Q/K/V and gate/up projections fused, token and position kept on the device | changing shapes and per-token host syncs |
 # | `compiled` | the one-token step under `torch.compile(mode="reduce-overhead", fullgraph=True)`: one CUDA graph replays the whole step | kernel-launch overhead |
-# | `int8` | every linear layer int8 weight-only (one scale per output row), compiled; on a CUDA GPU its matrix-vector products run a hand-written Triton kernel (`lecture_lib.int8_gemv`) | half the weight bytes |
+# | `int8` | every linear layer int8 weight-only (one scale per output row), compiled; on a CUDA GPU its matrix-vector products run a hand-written Triton kernel (`lecture_lib.quant.int8_gemv`) | half the weight bytes |
 # | `int8_inductor` (GPU) | the same int8 model, with the kernel Inductor generates by itself instead | (the same bytes: a kernel comparison) |
 #
 # In this notebook you will
@@ -38,10 +38,12 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lecture_lib import Transformer, analysis, bench, get_config, hardware, quant, roofline
+from lecture_lib import Transformer, analysis, devices, get_config, hardware, quant
+from lecture_lib.cache import KVCache
+from lecture_lib.measure import bench, references
 from lecture_lib.notebook import setup
 from lecture_lib.plotting import COLORS, human_bytes
-from lecture_lib.timing import time_fn
+from lecture_lib.measure.timing import time_fn
 
 env = setup(seed=0)
 
@@ -68,12 +70,6 @@ S_mean = 16 + 256 // 2
 h100 = hardware.get_spec("H100 SXM")
 
 
-def int8_bytes_per_step(c, B, S, wbytes=2):
-    """The same step with every linear layer int8 (1 byte a weight) plus one bf16 scale per output row."""
-    rows = c.L * (c.N * c.H + 2 * c.K * c.H + c.D + 2 * c.F + c.D) + c.V  # output rows of all linears
-    return analysis.decode_bytes_per_step(c, B, S, wbytes, wbytes) - analysis.linear_params(c) * (wbytes - 1) + rows * wbytes
-
-
 for name in ["llama3.2-1b-like", "llama3-8b"]:
     c = get_config(name)
     parts = {"weight matrices (incl. LM head)": analysis.linear_params(c) * 2,
@@ -87,7 +83,7 @@ for name in ["llama3.2-1b-like", "llama3-8b"]:
         print(f"  {what:<32} {n / 1e6:>10,.3f} MB  ({n / total:6.2%})")
     print(f"  {'total per step':<32} {total / 1e6:>10,.3f} MB -> {total / h100.memory_bandwidth * 1e3:.3f} ms at "
           f"{h100.memory_bandwidth / 1e12:.2f} TB/s: roofline {h100.memory_bandwidth / total:,.0f} tokens/s")
-    q = int8_bytes_per_step(c, 1, S_mean)
+    q = analysis.int8_decode_bytes_per_step(c, 1, S_mean)  # 1 byte a weight + a bf16 scale per output row
     print(f"  int8 weights: {q / 1e6:,.3f} MB per step ({q / total:.3f} of bf16): roofline "
           f"{h100.memory_bandwidth / q:,.0f} tokens/s")
 
@@ -128,7 +124,7 @@ RUNGS = ["naive", "cached", "static", "compiled", "int8"] + env.size(cpu=[], gpu
 # (add "int4" on an Ampere-or-newer GPU)
 COMPILE_ON_CPU = False
 print(f"{cfg.name}: L={cfg.L} D={cfg.D} N={cfg.N} K={cfg.K} H={cfg.H} F={cfg.F} V={cfg.V}, "
-      f"{analysis.num_params_exact(cfg) / 1e6:,.1f}M parameters, {hardware.dtype_name(env.dtype)}; "
+      f"{analysis.num_params_exact(cfg) / 1e6:,.1f}M parameters, {devices.dtype_name(env.dtype)}; "
       f"batch 1, prompt {PROMPT}, {NEW} new tokens")
 
 # %%
@@ -171,30 +167,12 @@ if not env.on_gpu and not COMPILE_ON_CPU:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-def load_decode_references():
-    """Every data/reference/decode_*.json, the files of one shape and device merged into one result
-    (the main file's bandwidth and roofline; HF rows appended)."""
-    merged = {}
-    files = roofline.load_references("decode_*.json")
-    files.sort(key=lambda ref: all(r["rung"].startswith("HF") for r in ref["rows"]))  # main files first
-    for ref in files:
-        key = (tuple(ref["model"][k] for k in bench.SHAPE_FIELDS), ref["dtype"], ref["batch"], ref["device_name"])
-        if key not in merged:
-            merged[key] = dict(ref, sources=[ref["path"]])
-            continue
-        base = merged[key]
-        have = {r["rung"] for r in base["rows"]}
-        base["rows"] = base["rows"] + [r for r in ref["rows"] if r["rung"] not in have]
-        base["sources"].append(ref["path"])
-    return sorted(merged.values(), key=lambda r: r["params"])
-
-
-references = load_decode_references()
-if not references:
+decode_refs = references.load_decode_references()
+if not decode_refs:
     print("Note: no H100 reference runs in data/reference/ (decode_*.json) yet, so only this device is "
           "shown. Make them on a GPU with: python -m lecture_lib.bench decode --preset llama3.2-1b-like "
           "--json data/reference/decode_h100_llama3.2-1b-like.json (and --rungs none --hf for HF's rows).")
-for ref in references:
+for ref in decode_refs:
     print(f"=== reference: {ref['model']['name']}, from {', '.join(p.split('/')[-1] for p in ref['sources'])}, "
           f"measured {ref['date'][:10]}")
     print(bench.format_table(ref), "\n")
@@ -249,7 +227,7 @@ def draw_ladder(ax, res, title):
 
 
 panels = [(result, f"this device: {result['device_name']}\n{result['model']['name']}, {result['dtype']}")]
-panels += [(ref, f"reference: {ref['device_name']}\n{ref['model']['name']}, {ref['dtype']}") for ref in references]
+panels += [(ref, f"reference: {ref['device_name']}\n{ref['model']['name']}, {ref['dtype']}") for ref in decode_refs]
 fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.8), squeeze=False)
 for ax, (res, title) in zip(axes[0], panels):
     draw_ladder(ax, res, title)
@@ -319,7 +297,7 @@ def eager_ops_per_step(c):
     """Operations in one KV-cached eager decode step (and greedy pick) of a model shaped like c."""
     narrow = c.replace(D=64, F=64, V=256, S_max=64)  # same L, N, K, H: the same operations
     m = Transformer(narrow).to(env.device, env.dtype).eval()
-    cache = m.new_cache(1, 32)
+    cache = KVCache.for_model(m, 1, 32)
     x = torch.zeros(1, 16, dtype=torch.long, device=env.device)
     with torch.inference_mode():
         m(x, cache, 0)
@@ -338,7 +316,7 @@ def time_split(res):
     return out
 
 
-for res, where in [(result, "this device")] + [(ref, "reference " + ref["device_name"]) for ref in references]:
+for res, where in [(result, "this device")] + [(ref, "reference " + ref["device_name"]) for ref in decode_refs]:
     c = get_config("small").replace(**{k: res["model"][k] for k in bench.SHAPE_FIELDS})
     ops = eager_ops_per_step(c)
     split = {rung: (ms, mem, rest) for rung, ms, mem, rest in time_split(res)}
@@ -402,7 +380,7 @@ with torch.inference_mode():
     t_float = time_fn(big, xv, warmup=3, repeats=env.size(10, 50), device=env.device).median
 w_bytes = big.weight.numel() * big.weight.element_size()
 gemv_bw = w_bytes / t_float
-print(f"one matrix-vector product, {out_f}x{in_f} {hardware.dtype_name(env.dtype)} ({human_bytes(w_bytes)}): "
+print(f"one matrix-vector product, {out_f}x{in_f} {devices.dtype_name(env.dtype)} ({human_bytes(w_bytes)}): "
       f"{t_float * 1e3:.3f} ms -> reads at {gemv_bw / 1e9:,.0f} GB/s = {gemv_bw / result['bandwidth_bytes_per_s']:.0%} "
       f"of the copy bandwidth ({result['bandwidth_bytes_per_s'] / 1e9:,.0f} GB/s)")
 best = max(rows.values(), key=lambda r: r["gb_per_s"] if not r["rung"].startswith("int") else 0)
@@ -430,7 +408,7 @@ print(f"best unquantized rung here, {best['rung']}: {best['gb_per_s']:,.0f} GB/s
 #
 # - **let the compiler fuse it**: under `torch.compile`, Inductor fuses the conversion into a
 #   matrix-vector kernel it generates (the `int8_inductor` rung);
-# - **write the kernel**: `lecture_lib.int8_gemv` is a short Triton kernel. Each program takes
+# - **write the kernel**: `lecture_lib.quant.int8_gemv` is a short Triton kernel. Each program takes
 #   a few output rows, walks along K loading a tile of int8 weights (contiguous, so the loads are
 #   wide) and the matching piece of x, accumulates their products in float32 registers, and
 #   applies the row scales once at the end; the tile sizes are autotuned per matrix shape. On a
@@ -443,14 +421,8 @@ print(f"best unquantized rung here, {best['rung']}: {best['gb_per_s']:,.0f} GB/s
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from lecture_lib import int8_gemv
-from lecture_lib.timing import capture_cuda_graph
-
-
-def graph_seconds(fn, reps=10):
-    """Seconds per fn(xv) on a GPU: replays of a CUDA graph of `reps` calls (no launch overhead)."""
-    graphed = capture_cuda_graph(lambda x: [fn(x) for _ in range(reps)][-1], xv)
-    return time_fn(graphed, warmup=3, repeats=20, device=env.device).median / reps
+from lecture_lib.measure.timing import graph_seconds
+from lecture_lib.quant import int8_gemv
 
 
 q8 = quant.Int8Linear.from_linear(big)
@@ -461,15 +433,15 @@ with torch.inference_mode():
     t_eager8 = time_fn(q8, xv, warmup=3, repeats=env.size(10, 50), device=env.device).median
     t_graph = {}
     if env.on_gpu:  # on a CPU compiling takes long and the lesson of the eager line is the same
-        t_graph[f"{hardware.dtype_name(env.dtype)} weight (cuBLAS)"] = (graph_seconds(big), eb)
+        t_graph[f"{devices.dtype_name(env.dtype)} weight (cuBLAS)"] = (graph_seconds(big, xv), eb)
         try:
-            t_graph["int8, Inductor's fused kernel"] = (graph_seconds(torch.compile(q8)), 1)
+            t_graph["int8, Inductor's fused kernel"] = (graph_seconds(torch.compile(q8), xv), 1)
         except Exception as e:  # report and go on: the ladder above already has the int8 rungs
             print(f"compiling the int8 layer failed here ({type(e).__name__}: {str(e)[:200]})")
         if int8_gemv.available():
             t_graph["int8, Triton kernel (int8_gemv)"] = (graph_seconds(
-                lambda x: int8_gemv.int8_linear(x, q8.weight, q8.scales)), 1)
-print(f"{hardware.dtype_name(env.dtype)} weight, eager: {t_float * 1e3:8.3f} ms ({eb} bytes a weight read)")
+                lambda x: int8_gemv.int8_linear(x, q8.weight, q8.scales), xv), 1)
+print(f"{devices.dtype_name(env.dtype)} weight, eager: {t_float * 1e3:8.3f} ms ({eb} bytes a weight read)")
 print(f"int8 portable form, eager: {t_eager8 * 1e3:8.3f} ms ({t_eager8 / t_float:.2f}x; reads 1 + writes {eb} + "
       f"reads {eb} = {1 + 2 * eb} bytes a weight, and allocates the copy every call)")
 for name, (t, b) in t_graph.items():
@@ -479,7 +451,7 @@ assert t_eager8 > 0.8 * t_float, "the eager portable int8 form should not be a r
 if len(t_graph) == 3:
     (t16, _), (t_ind, _), (t_tri, _) = t_graph.values()
     assert t_tri < 0.8 * t16, "the int8 kernel should beat the unquantized GEMV clearly on a large matrix"
-    print(f"int8 / {hardware.dtype_name(env.dtype)} time: Inductor's {t_ind / t16:.2f}, Triton's {t_tri / t16:.2f} "
+    print(f"int8 / {devices.dtype_name(env.dtype)} time: Inductor's {t_ind / t16:.2f}, Triton's {t_tri / t16:.2f} "
           f"(the bytes alone would give {1 / eb:.2f})")
 del big, q8, xv
 if env.on_gpu:
@@ -497,7 +469,7 @@ if env.on_gpu:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-for res, where in [(result, "this device")] + [(ref, "reference " + ref["device_name"]) for ref in references]:
+for res, where in [(result, "this device")] + [(ref, "reference " + ref["device_name"]) for ref in decode_refs]:
     split = {rung: (ms, mem, rest) for rung, ms, mem, rest in time_split(res)}
     by = {r["rung"]: r for r in res["rows"] if r["status"] == "ok"}
     if "compiled" in by and "int8" in by:
@@ -528,7 +500,7 @@ for res, where in [(result, "this device")] + [(ref, "reference " + ref["device_
 # on an H100, and autotuning only picks among them. In a run of this notebook on an H200
 # (2026-11-27), Inductor's kernel read the large matrix faster than ours (81% against 74% of the
 # copy bandwidth) and the `int8` rung gained only 1.10× over compiled bf16 at the 1B-like shape.
-# `python -m lecture_lib.int8_gemv --preset llama3-8b --sweep` times a wider set of tile sizes on
+# `python -m lecture_lib.measure.gemv_bench --preset llama3-8b --sweep` times a wider set of tile sizes on
 # your GPU.
 # (On a CPU with compile off, the ladder's `int8` runs the eager portable form: a small model's
 # layers are small enough that the dequantized copy can stay in the CPU's caches, so there it may
