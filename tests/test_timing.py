@@ -175,3 +175,14 @@ def test_peak_memory_cuda():
         del x
     assert mem.bytes is not None and mem.extra_bytes >= n
     assert mem.end_bytes < mem.bytes
+
+
+@cuda
+def test_graph_seconds_times_a_kernel_without_launch_overhead():
+    from lecture_lib.measure.timing import graph_seconds
+
+    x = torch.randn(4096, 4096, device="cuda")
+    t = graph_seconds(torch.mul, x, 2.0, calls=10)
+    # reads and writes 64 MiB: at most a few TB/s, so well above a microsecond, well below 10 ms
+    assert 1e-6 < t < 1e-2
+    assert 2 * x.numel() * 4 / t < 10e12  # no faster than any GPU's memory
