@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import hardware, plotting
+from . import devices, hardware, plotting
 
 
 @dataclass
@@ -57,10 +57,9 @@ def setup(seed: int = 0, presentation: bool | None = None, device=None, dtype=No
         presentation = os.environ.get("LECTURE_PRESENTATION") == "1"
     _inline_figures()
     plotting.use_style(presentation)
-    device = torch.device(device) if device is not None else hardware.pick_device()
-    dtype = hardware.check_dtype(device, dtype) if dtype is not None else hardware.pick_dtype(device)
+    device, dtype = devices.resolve(device, dtype)
     info = hardware.detect(device)
     print(f"Hardware: {info.describe()}")
-    print(f"Device {device}, dtype {hardware.dtype_name(dtype)}, seed {seed}, "
+    print(f"Device {device}, dtype {devices.dtype_name(dtype)}, seed {seed}, "
           f"run on {datetime.date.today().isoformat()}")
     return NotebookEnv(device, dtype, info)

@@ -202,3 +202,13 @@ def test_cuda_ceilings_below_datasheet():
     if info.spec is not None:
         assert 0.2 * info.spec.memory_bandwidth < bw < 1.05 * info.spec.memory_bandwidth
         assert flops < 1.05 * info.spec.flops_for(info.dtype)
+
+
+def test_notebook_setup_takes_a_device_and_dtype(capsys):
+    from lecture_lib.notebook import setup
+
+    env = setup(device="cpu", dtype="fp32")
+    assert (env.device.type, env.dtype) == ("cpu", torch.float32)
+    assert "dtype fp32" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not a floating-point dtype"):
+        setup(device="cpu", dtype="int8")
