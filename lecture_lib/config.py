@@ -24,6 +24,10 @@ class ModelConfig:
     V: int = 256  # vocabulary size
     S_max: int = 256  # longest sequence (prompt + generated) the KV cache and RoPE table hold
     rope_theta: float = 10000.0
+    # RoPE frequency scaling, as Hugging Face spells it: None (plain RoPE), {"rope_type": "linear",
+    # "factor": f}, or Llama 3.1's {"rope_type": "llama3", "factor", "low_freq_factor",
+    # "high_freq_factor", "original_max_position_embeddings"}. See model.rope_inv_freq.
+    rope_scaling: dict | None = None
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     sliding_window: int | None = None  # recorded for KV arithmetic; the decoder attends to all
@@ -47,6 +51,9 @@ class ModelConfig:
                 f"(i, i + H/2): the head dim must be even. Use H = {self.H + 1} or {self.H - 1}."
             )
 
+        if self.rope_scaling is not None:
+            check_rope_scaling(self.rope_scaling)
+
     @property
     def G(self) -> int:
         """Query heads per KV head."""
@@ -63,6 +70,30 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# The RoPE scalings the model implements, and the keys each needs.
+ROPE_SCALING_KEYS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def check_rope_scaling(scaling: dict) -> None:
+    """A rope_scaling dict the model can compute exactly, or a ValueError naming what is wrong."""
+    if not isinstance(scaling, dict) or scaling.get("rope_type") not in ROPE_SCALING_KEYS:
+        kind = scaling.get("rope_type") if isinstance(scaling, dict) else scaling
+        raise ValueError(
+            f"RoPE scaling {kind!r} is not implemented by the from-scratch model (it implements plain "
+            f"RoPE and {', '.join(map(repr, ROPE_SCALING_KEYS))}); loading it anyway would give wrong logits.")
+    missing = [k for k in ROPE_SCALING_KEYS[scaling["rope_type"]] if k not in scaling]
+    if missing:
+        raise ValueError(f"rope_scaling {scaling} lacks {', '.join(missing)}, which {scaling['rope_type']!r} "
+                         "scaling needs.")
+    extra = sorted(set(scaling) - {"rope_type", *ROPE_SCALING_KEYS[scaling["rope_type"]]})
+    if extra:
+        raise ValueError(f"rope_scaling {scaling} has fields {extra} that the from-scratch model does not "
+                         "implement; they would change the positions' angles.")
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,8 @@ checkpoint of that family loads without permuting anything (see ``lecture_lib.hf
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F_
 from einops import rearrange
@@ -29,9 +31,39 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def rope_tables(S_max: int, H: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_inv_freq(H: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """The H/2 rotation frequencies of RoPE, [H/2] float32, computed in the same float32 steps as
+    Hugging Face so that a loaded checkpoint gives the same angles to the last bit.
+
+    - plain RoPE: pair i turns at theta^(-2i/H) radians per position.
+    - "linear" (position interpolation): every frequency divided by ``factor``, which stretches
+      the trained context ``factor`` times.
+    - "llama3" (Llama 3.1/3.2): only the slow frequencies, whose wavelength exceeds
+      original_max_position_embeddings / low_freq_factor, are divided by ``factor``; the fast
+      ones (wavelength under original / high_freq_factor) are kept, since they encode local
+      order that the model learned well; in between, a linear blend of the two.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, H, 2, dtype=torch.int64).float() / H)
+    if scaling is None:
+        return inv_freq
+    kind, factor = scaling["rope_type"], scaling["factor"]
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "llama3":
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_context = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+        smooth = (old_context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_context / high) * ~(wavelen > old_context / low)
+        return torch.where(medium, smoothed, scaled)
+    raise ValueError(f"RoPE scaling {kind!r} is not implemented (see config.check_rope_scaling).")
+
+
+def rope_tables(S_max: int, H: int, theta: float, scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin, [S_max H], for rotary position embeddings in the rotate-half layout."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, H, 2, dtype=torch.float32) / H)
+    inv_freq = rope_inv_freq(H, theta, scaling)
     angles = torch.outer(torch.arange(S_max, dtype=torch.float32), inv_freq)  # S H/2
     angles = torch.cat([angles, angles], dim=-1)  # S H
     return angles.cos(), angles.sin()
@@ -141,7 +173,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.D, cfg.V, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        cos, sin = rope_tables(cfg.S_max, cfg.H, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.S_max, cfg.H, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)

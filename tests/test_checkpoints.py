@@ -99,7 +99,7 @@ def test_expected_checkpoints_exist_and_fit_the_budget():
 def test_checkpoint_reproduces_recorded_perplexity(name):
     card = load_meta(name)
     model = load_checkpoint(name)
-    assert model.cfg.to_dict() == card["config"]
+    assert model.cfg == ModelConfig.from_dict(card["config"])
     p = card["eval_protocol"]
     ppl = perplexity(model, corpus.heldout_tokens(), T=p["T"], B=p["B"], max_windows=p["max_windows"])
     assert ppl == pytest.approx(card["heldout_ppl"], rel=1e-3)
