@@ -136,6 +136,12 @@ def heldout_tokens() -> torch.Tensor:
     return _split()[1]
 
 
+def heldout_text() -> str:
+    """The held-out bytes as text, for models with their own tokenizer. A 4096-byte block boundary
+    can split a multi-byte character; such bytes decode to U+FFFD (rare: the text is English)."""
+    return bytes(heldout_tokens().to(torch.uint8).tolist()).decode("utf-8", errors="replace")
+
+
 def random_batch(tokens: torch.Tensor, B: int, T: int, generator: torch.Generator | None = None):
     """B random windows of T + 1 tokens: inputs x [B T] and next-token targets y [B T]."""
     starts = torch.randint(0, len(tokens) - T - 1, (B,), generator=generator)

@@ -125,13 +125,37 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
+def to_hf_state_dict(state: dict[str, torch.Tensor], tie_embeddings: bool) -> dict[str, torch.Tensor]:
+    """This library's tensor names back to HF ``LlamaForCausalLM``'s (the inverse of
+    ``convert_state_dict``); a tied head is left out, as transformers saves it."""
+    theirs = {v: k for k, v in _LAYER_NAMES.items()}
+    out = {}
+    for key, w in state.items():
+        if key == "tok_emb.weight":
+            out["model.embed_tokens.weight"] = w
+        elif key == "norm.weight":
+            out["model.norm.weight"] = w
+        elif key == "lm_head.weight":
+            if not tie_embeddings:
+                out[key] = w
+        elif m := re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", key):
+            out[f"model.layers.{m.group(1)}.{theirs[m.group(2)]}.weight"] = w
+        else:
+            raise KeyError(f"Unexpected tensor {key!r}: not part of the from-scratch decoder.")
+    return out
+
+
 def load_hf_weights(model: Transformer, hf_state: dict[str, torch.Tensor]) -> Transformer:
+    model.load_state_dict(_our_state(model.cfg, hf_state), strict=True)
+    return model
+
+
+def _our_state(cfg: ModelConfig, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     state = convert_state_dict(hf_state)
-    if model.cfg.tie_embeddings:
+    if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
         state["lm_head.weight"] = state["tok_emb.weight"]
-    model.load_state_dict(state, strict=True)
-    return model
+    return state
 
 
 def from_pretrained(path_or_repo: str, *, device=None, dtype=torch.float32) -> Transformer:
@@ -150,7 +174,6 @@ def from_pretrained(path_or_repo: str, *, device=None, dtype=torch.float32) -> T
         state.update(load_file(file))
     if not state:
         raise FileNotFoundError(f"No *.safetensors files in {path}; only safetensors checkpoints are supported.")
-    # Cast the model before loading: load_state_dict copies into the existing parameters, so a
-    # float32 model would round float64 weights.
-    model = load_hf_weights(Transformer(cfg).to(dtype), state)
-    return model.to(device=device).eval()
+    # from_state_dict casts each tensor from the file's dtype straight to ``dtype`` (float64 weights
+    # are not rounded through float32 on the way).
+    return Transformer.from_state_dict(cfg, _our_state(cfg, state), dtype=dtype, device=device)

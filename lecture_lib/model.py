@@ -178,6 +178,24 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
 
+    @classmethod
+    def from_state_dict(cls, cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
+                        device=None) -> "Transformer":
+        """A model holding exactly these weights (our names; the tied head's key included), built
+        without random initialisation: on the meta device, then the tensors assigned. Initialising
+        a 135M-parameter model at random takes longer on a CPU than loading it."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        dtype = dtype or state["tok_emb.weight"].dtype
+        state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        if cfg.tie_embeddings:  # assigning replaced the shared Parameter by two: share it again
+            model.lm_head.weight = model.tok_emb.weight
+        cos, sin = rope_tables(cfg.S_max, cfg.H, cfg.rope_theta, cfg.rope_scaling)
+        model.register_buffer("rope_cos", cos.to(device=device, dtype=dtype), persistent=False)
+        model.register_buffer("rope_sin", sin.to(device=device, dtype=dtype), persistent=False)
+        return model.eval()
+
     @staticmethod
     def _init_weights(module):
         if isinstance(module, (nn.Linear, nn.Embedding)):

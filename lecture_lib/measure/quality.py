@@ -90,3 +90,33 @@ def cached_perplexity(model: nn.Module, tokens: torch.Tensor,
 
 
 __all__ = ["perplexity_and_kl", "cached_perplexity"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Perplexity of a real model (its own tokenizer) on text, per token and per byte
+
+
+@torch.no_grad()
+def text_perplexity(model: nn.Module, tokens: torch.Tensor, decode: Callable[[list[int]], str],
+                    T: int = EVAL_T, B: int = 8, max_windows: int | None = 32) -> dict:
+    """Held-out perplexity of a model with its own tokenizer: ``tokens`` is the tokenized text
+    (LongTensor [n]); ``decode`` turns ids back into text. Scores the same kind of windows as
+    ``checkpoints.perplexity`` (T predicted tokens each, spread evenly over the text).
+
+    Per token, perplexities of models with different tokenizers do not compare: a token of a
+    49k-word vocabulary carries about 4 bytes of English, a byte-level model's token one. Per
+    byte they do: exp(total NLL / bytes of UTF-8 text predicted), the number to set beside a
+    byte-level model's perplexity (bits per byte = log2 of it)."""
+    device = model.tok_emb.weight.device
+    was_training, model.training = model.training, False
+    nll, count, n_bytes = 0.0, 0, 0
+    for windows in eval_batches(tokens, T, B, max_windows, device):
+        logits = model(windows[:, :-1]).float()
+        nll += F_.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten(), reduction="sum").item()
+        count += windows[:, 1:].numel()
+        n_bytes += sum(len(decode(w.tolist()).encode()) for w in windows[:, 1:].cpu())
+    model.training = was_training
+    return {"ppl_per_token": math.exp(nll / count), "ppl_per_byte": math.exp(nll / n_bytes),
+            "bits_per_byte": nll / n_bytes / math.log(2), "tokens": count, "bytes": n_bytes,
+            "bytes_per_token": n_bytes / count}
+
