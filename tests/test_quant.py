@@ -383,3 +383,29 @@ def test_cuda_quantized_model_and_kv_cache():
     got = run_cached(model, cache, x, static=True)
     assert got.dtype == torch.bfloat16
     assert relative_error(got, run_cached(model, KVCache.for_model(model, 2, 20), x)) < 0.03
+
+
+def test_cpu_kernels_compute_the_same_product_in_bf16_precision():
+    """use_cpu_kernels_ switches to PyTorch's packed CPU kernels (bf16 activations): the product
+    must equal the portable layer's to bf16 rounding, and a decode step must still pick the same
+    tokens as the portable path on a small model."""
+    from lecture_lib.quant import Int4Linear, Int8Linear, use_cpu_kernels_
+    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        pytest.skip("this torch has no CPU int4 kernel")
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 96, bias=False)
+    x = torch.randn(3, 5, 128)
+    for make in (lambda: Int8Linear.from_linear(lin), lambda: Int4Linear.from_linear(lin, group_size=64)):
+        layer = make()
+        with torch.no_grad():
+            exact = layer(x)
+            holder = torch.nn.Sequential(layer)
+            switched = use_cpu_kernels_(holder)
+            fast = holder[0](x)
+        assert sum(switched.values()) == 1
+        assert fast.shape == exact.shape and fast.dtype == exact.dtype
+        # bf16 keeps 8 bits of mantissa: relative error about 2^-8 on each input and the output
+        assert (fast - exact).abs().max() <= 0.02 * exact.abs().max()
+    assert Int4Linear.from_linear(lin, group_size=64).cpu_int4_().backend == "cpu"
+    with pytest.raises(ValueError, match="group_size"):
+        Int4Linear.from_linear(torch.nn.Linear(96, 8, bias=False), group_size=96).cpu_int4_()

@@ -14,8 +14,14 @@ each rung times batch-B decoding (after a warm-up run; compile time is reported 
     int8      every linear layer int8 weight-only (per-channel scales), then the compiled path;
               on a CUDA GPU its matrix-vector products run the Triton kernel of ``int8_gemv``
     int8_inductor  the same, with Inductor's own fused dequantize + GEMV instead (for comparison)
-    int4      every linear layer int4 (groups of 128), then the compiled path
+    int4      every linear layer int4 (groups of 128, or the largest of 64/32 that fits), then
+              the compiled path
+              (on a CPU without --compile-cpu, int8 and int4 run eager with PyTorch's packed CPU
+              kernels, aten._weight_int8pack_mm / _weight_int4pack_mm_for_cpu, bf16 activations)
     HF eager / HF static   transformers' LlamaForCausalLM.generate on the same shape (--hf)
+
+``--model smollm2-135m-instruct`` runs the real weights (lecture_lib.pretrained) instead of a
+random model, and the HF rows load the same weights.
 
 For each: decode tokens/s, ms per step, the bytes a step must read (every weight matrix once, B
 embedding rows, the KV cache so far: ``analysis.decode_bytes_per_step`` at the mean position),
@@ -137,18 +143,26 @@ def _quantized(model, prompt, new, ctx, bits, int8_kernel="auto"):
     qmodel = copy.deepcopy(model)  # keep the float model for the other rungs (and HF rows)
     if ctx["fuse"]:
         fuse_projections_(qmodel)  # fuse first: wqkv and w_gate_up are then quantized as one layer each
-    quant.quantize_model_(qmodel, bits=bits, skip=())  # every linear, lm_head included
+    group = _int4_group(qmodel) if bits == 4 else 128
+    quant.quantize_model_(qmodel, bits=bits, group_size=group, skip=())  # every linear, lm_head included
     for m in qmodel.modules():
         if isinstance(m, quant.Int8Linear):
             m.kernel = int8_kernel
     compile = ctx["can_compile"]
+    cpu_kernels = ctx["device"].type == "cpu" and not compile and int8_kernel == "auto"
+    if cpu_kernels:  # eager on a CPU: PyTorch's packed kernels read the codes directly
+        quant.use_cpu_kernels_(qmodel)
     out = _time_fast(qmodel, prompt, new, ctx["repeats"], compile, ctx)
     cfg = model.cfg
     # Bytes: the float model's, with its linear layers replaced by what they now store.
     float_linear_bytes = analysis.linear_params(cfg) * ctx["wbytes"]
     out["weight_bytes_delta"] = quant.weight_bytes(qmodel, linear_only=True) - float_linear_bytes
     how = "compiled" if compile else "eager"
-    if bits == 8:
+    if bits == 4:
+        how += f", groups of {group}" + (", aten._weight_int4pack_mm_for_cpu (bf16 activations)" if cpu_kernels else "")
+    elif cpu_kernels:
+        how += ", aten._weight_int8pack_mm (bf16 activations)"
+    elif bits == 8:
         triton_gemv = int8_kernel == "auto" and ctx["device"].type == "cuda" and int8_gemv.HAS_TRITON
         how += (", Triton int8 GEMV (int8_gemv)" if triton_gemv else
                 ", Inductor's fused dequantize + GEMV" if compile else
@@ -156,6 +170,14 @@ def _quantized(model, prompt, new, ctx, bits, int8_kernel="auto"):
     out["note"] = f"all linear layers incl. lm_head; {how}"
     del qmodel
     return out
+
+
+def _int4_group(model) -> int:
+    """The largest int4 group size of the fast kernels (128, 64, 32) that divides every input dim."""
+    import math
+    from ..quant import linear_layers
+    g = math.gcd(*(m.in_features for _, m in linear_layers(model)))
+    return next((size for size in (128, 64, 32) if g % size == 0), g)
 
 
 def rung_int8(model, prompt, new, ctx):
@@ -177,10 +199,15 @@ def rung_int4(model, prompt, new, ctx):
 # --------------------------------------------------------------------------------------------
 
 
-def build_hf_model(cfg: ModelConfig, device, dtype, seed: int = 0):
+def build_hf_model(cfg: ModelConfig, device, dtype, seed: int = 0, folder=None):
     """transformers' ``LlamaForCausalLM`` of the same shape, random (seeded) weights, no EOS (so it
-    always generates the tokens asked for)."""
+    always generates the tokens asked for); or the real weights of a Hugging Face ``folder``."""
     import transformers
+
+    if folder is not None:
+        model = transformers.LlamaForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device).eval()
+        model.generation_config.eos_token_id = None  # generate every token asked for, as the other rungs do
+        return model
 
     hf_cfg = transformers.LlamaConfig(**hf.config_to_hf(cfg), bos_token_id=None, eos_token_id=None, pad_token_id=0)
     torch.manual_seed(seed)
@@ -238,7 +265,7 @@ def hf_rows(cfg, prompt, new, ctx) -> list[dict]:
     inductor_config.coordinate_descent_tuning = ctx["inductor_defaults"]["coordinate_descent_tuning"]
     log(f"[HF] building LlamaForCausalLM (transformers {transformers.__version__}) ...")
     try:
-        hf = build_hf_model(cfg, device, dtype, ctx["seed"])
+        hf = build_hf_model(cfg, device, dtype, ctx["seed"], ctx.get("hf_folder"))
     except Exception as e:
         if not is_oom(e):
             raise
@@ -334,9 +361,11 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
                dtype=None, rungs=("naive", "cached", "static", "compiled", "int8"), hf: bool = False,
                device=None, repeats: int = 3, seed: int = 0, compile_cpu: bool = False,
                naive_new: int | None = None, fuse: bool = True, sdpa: str | None = "math",
-               check_tokens: bool = True, bandwidth: float | None = None) -> dict:
+               check_tokens: bool = True, bandwidth: float | None = None, pretrained: str | None = None) -> dict:
     """Run the benchmark; returns a JSON-ready dict (``format_table`` prints it).
-    ``bandwidth`` (bytes/s): use this instead of measuring the copy bandwidth (tests)."""
+    ``bandwidth`` (bytes/s): use this instead of measuring the copy bandwidth (tests).
+    ``pretrained``: a model name of ``lecture_lib.pretrained`` (real weights; ``cfg`` is then
+    ignored, and the HF rows load the same weights)."""
     device, dtype = devices.resolve(device, dtype)
     unknown = [r for r in rungs if r not in RUNGS]
     if unknown:
@@ -349,6 +378,14 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
             f"prompt ({prompt_len}) + new ({new}) = {prompt_len + new} tokens exceed {cfg.name}'s longest "
             f"sequence, S_max = {cfg.S_max}. Shorten --prompt or --new, or give a shape with a longer "
             f"S_max (--shape ...,S_max={prompt_len + new}).")
+    real = None
+    if pretrained is not None:
+        from .. import pretrained as pretrained_models
+        real = pretrained_models.load(pretrained, device=device, dtype=dtype)
+        cfg = real.model.cfg.replace(name=pretrained)
+        real_origin = real.origin
+        if prompt_len + new > cfg.S_max:
+            raise ValueError(f"prompt + new = {prompt_len + new} exceed {pretrained}'s S_max = {cfg.S_max}.")
     info = hardware.detect(device)
     log(f"device: {info.describe()}")
     if bandwidth is None:
@@ -359,7 +396,9 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
         bw = bandwidth
     n_params = analysis.num_params_exact(cfg)
     model = None
-    if rungs:
+    if real is not None:
+        model = real.model
+    elif rungs:
         log(f"building {cfg.name} ({n_params / 1e6:,.1f}M parameters, {devices.dtype_name(dtype)}) ...")
         model = build_model(cfg, device, dtype, seed)
     if naive_new is None:  # naive is O(T^2) work a token: keep it to a minute on a CPU
@@ -367,7 +406,7 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
     ctx = {"device": device, "dtype": dtype, "wbytes": torch.finfo(dtype).bits // 8, "bandwidth": bw,
            "repeats": repeats, "seed": seed, "naive_new": min(naive_new, new), "fuse": fuse,
            "sdpa": sdpa, "can_compile": device.type == "cuda" or compile_cpu,
-           "inductor_defaults": _inductor_flags()}
+           "inductor_defaults": _inductor_flags(), "hf_folder": real.folder if real is not None else None}
     torch.manual_seed(seed + 1)
     prompt = torch.randint(0, cfg.V, (batch, prompt_len), device=device)
 
@@ -375,7 +414,7 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
     for name in rungs:
         fn = globals()[f"rung_{name}"]
         raw.append(_run_rung(name, lambda: fn(model, prompt, new, ctx), ctx))
-    del model  # make room for the HF model
+    del model, real  # make room for the HF model
     free_memory(device)
     if hf:
         raw += hf_rows(cfg, prompt, new, ctx)
@@ -402,6 +441,7 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
         "device": info.describe(), "device_type": device.type, "device_name": info.name,
         "torch": torch.__version__, "transformers": tf_version,
         "model": {k: getattr(cfg, k) for k in (*SHAPE_FIELDS, "tie_embeddings")} | {"name": cfg.name},
+        "weights": f"{pretrained}: {real_origin}" if pretrained else "random (seeded)",
         "params": n_params, "dtype": devices.dtype_name(dtype), "batch": batch, "prompt": prompt_len,
         "new": new, "repeats": repeats, "bandwidth_bytes_per_s": bw,
         "roofline_tok_per_s": batch * bw / analysis.decode_bytes_per_step(
@@ -424,6 +464,7 @@ def format_table(result: dict) -> str:
         f"device: {r['device']}",
         f"model: {r['model']['name']} ({r['params'] / 1e6:,.1f}M params, {r['dtype']}), batch {r['batch']}, "
         f"prompt {r['prompt']}, {r['new']} new tokens, median of {r['repeats']}; torch {r['torch']}",
+        f"weights: {r.get('weights', 'random (seeded)')}",
         f"measured copy bandwidth {r['bandwidth_bytes_per_s'] / 1e9:,.1f} GB/s -> roofline "
         f"{r['roofline_tok_per_s']:,.1f} tok/s",
         "",
@@ -473,6 +514,7 @@ def _parser() -> argparse.ArgumentParser:
     g = d.add_mutually_exclusive_group()
     g.add_argument("--preset", help="a model preset from data/models.json (e.g. llama3.2-1b-like, llama3-8b)")
     g.add_argument("--shape", help="L=..,D=..,N=..,K=..,H=..,F=..,V=.. (random weights)")
+    g.add_argument("--model", help="real weights from lecture_lib.pretrained, e.g. smollm2-135m-instruct")
     d.add_argument("--batch", type=_positive, default=1)
     d.add_argument("--prompt", type=_positive, default=16)
     d.add_argument("--new", type=_positive, default=256)
@@ -506,7 +548,9 @@ def main(argv=None) -> dict:
         argv = ["decode", "--rungs", "naive,cached", *short, *argv]
     args = _parser().parse_args(argv)
     device = torch.device(args.device) if args.device else devices.pick_device()
-    if args.shape:
+    if args.model:
+        cfg = ModelConfig(S_max=args.prompt + args.new, name=args.model)  # replaced by the real model's
+    elif args.shape:
         cfg = parse_shape(args.shape)
     else:
         cfg = get_config(args.preset or ("medium" if device.type == "cuda" else "small"))
@@ -520,7 +564,7 @@ def main(argv=None) -> dict:
         dtype=devices.as_torch_dtype(args.dtype) if args.dtype else None, rungs=rungs, hf=args.hf,
         device=device, repeats=args.repeats, seed=args.seed, compile_cpu=args.compile_cpu,
         naive_new=args.naive_new, fuse=not args.no_fuse,
-        sdpa=None if args.sdpa == "default" else args.sdpa)
+        sdpa=None if args.sdpa == "default" else args.sdpa, pretrained=args.model)
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:

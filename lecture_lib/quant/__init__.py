@@ -17,7 +17,8 @@ Everything here needs only torch (and Triton for the kernel), never the model or
 from .formats import fake_quantize_float8, float8_values, format_table
 from .linear import (Int4Linear, Int8Linear, group_size_for, linear_layers, pack_int4, quantize_int4_,
                      quantize_int4_per_channel_, quantize_model_, replace_linears_,
-                     tinygemm_unsupported_reason, unpack_int4, weight_bytes)
+                     tinygemm_unsupported_reason, unpack_int4, use_cpu_kernels_, cpu_int4_unsupported_reason,
+                     weight_bytes)
 from .outliers import capture_inputs, int8_matmul, llm_int8_matmul, outlier_channels
 from .schemes import (dequantize, dequantize_absmax, dequantize_zeropoint, error_bound, fake_quantize,
                       quantize, quantize_absmax, quantize_zeropoint, relative_error)
@@ -28,6 +29,7 @@ __all__ = [
     "quantize_absmax", "dequantize_absmax", "quantize_zeropoint", "dequantize_zeropoint",
     "fake_quantize", "error_bound", "relative_error",
     "Int8Linear", "Int4Linear", "pack_int4", "unpack_int4", "tinygemm_unsupported_reason",
+    "use_cpu_kernels_", "cpu_int4_unsupported_reason",
     "quantize_model_", "quantize_int4_", "quantize_int4_per_channel_", "group_size_for",
     "linear_layers", "replace_linears_", "weight_bytes",
     "outlier_channels", "int8_matmul", "llm_int8_matmul", "capture_inputs",

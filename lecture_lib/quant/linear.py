@@ -9,6 +9,7 @@ means faster tokens, as long as the kernel reads the small codes and dequantizes
   the CUDA "tinygemm" kernel where it can run.
 - ``quantize_model_`` (int8, or int4 with one group size), ``quantize_int4_`` (int4 with a group
   size that fits each layer, or one group per row): both swap layers with ``replace_linears_``.
+- ``use_cpu_kernels_``: PyTorch's packed int8/int4 CPU kernels for a quantized model on a CPU.
 - ``weight_bytes``: what the weights really occupy as stored.
 """
 from __future__ import annotations
@@ -36,9 +37,15 @@ class Int8Linear(nn.Module):
     hand-written int8 matrix-vector kernel instead (``int8_gemv``), which reads the int8 weights
     much closer to the memory bandwidth than Inductor's. Set ``kernel = "torch"`` on a layer (or
     the class) to keep the portable form everywhere.
+
+    On a CPU, ``kernel = "cpu"`` (set by ``use_cpu_kernels_``) calls PyTorch's packed int8
+    kernel ``aten._weight_int8pack_mm``, which reads the int8 weights directly. It is fast only
+    with bf16 activations, so the input is rounded to bf16 and the output comes back in bf16
+    precision (about 3 significant digits): an approximation beyond the weights' own, which is
+    why it is a choice and not the default.
     """
 
-    kernel = "auto"  # "auto": the Triton kernel where int8_gemv.use_kernel(x) allows; "torch"
+    kernel = "auto"  # "auto": the Triton kernel where int8_gemv.use_kernel(x) allows; "torch"; "cpu"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *,
                  scale_dtype=torch.float32, device=None):
@@ -67,6 +74,10 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "auto" and int8_gemv.use_kernel(x):
             y = torch.ops.lecture_lib.int8_linear(x, self.weight, self.scales)
+        elif self.kernel == "cpu":
+            x2d = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            y = torch.ops.aten._weight_int8pack_mm(x2d, self.weight, self.scales.to(torch.bfloat16))
+            y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         else:
             y = F_.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)
@@ -116,6 +127,33 @@ def tinygemm_unsupported_reason(in_features: int, out_features: int, group_size:
     if out_features % 8 or in_features % 32:
         return f"[{out_features} {in_features}] needs out % 8 == 0 and in % 32 == 0"
     return None
+
+
+def cpu_int4_unsupported_reason(group_size: int, device) -> str | None:
+    """Why PyTorch's CPU int4 kernel can't serve a layer, or None when it can."""
+    if torch.device(device).type != "cpu":
+        return f"the weights are on {device}, and this kernel is for the CPU"
+    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        return "this torch has no aten._weight_int4pack_mm_for_cpu (it arrived in 2.5)"
+    if group_size not in _TINYGEMM_GROUPS:
+        return f"group_size = {group_size} is not one of {_TINYGEMM_GROUPS}"
+    return None
+
+
+def use_cpu_kernels_(model: nn.Module) -> dict[str, int]:
+    """Switch every quantized layer of a model on the CPU to PyTorch's packed CPU kernels
+    (Int8Linear: ``kernel = "cpu"``; Int4Linear: ``cpu_int4_()``), which read the small codes
+    directly instead of writing a dequantized copy: faster decode, bf16 activations. Returns
+    how many layers of each kind were switched; layers the int4 kernel can't take stay portable."""
+    switched = {"int8": 0, "int4": 0}
+    for m in model.modules():
+        if isinstance(m, Int8Linear) and m.weight.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+            m.kernel = "cpu"
+            switched["int8"] += 1
+        elif isinstance(m, Int4Linear) and cpu_int4_unsupported_reason(m.group_size, m.weight.device) is None:
+            m.cpu_int4_()
+            switched["int4"] += 1
+    return switched
 
 
 class Int4Linear(nn.Module):
@@ -177,7 +215,7 @@ class Int4Linear(nn.Module):
 
     def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:
         """The [out in] weight this layer multiplies by, in ``dtype``."""
-        if self.backend == "tinygemm":  # read it back through the kernel: I @ W^T = W^T
+        if self.backend in ("tinygemm", "cpu"):  # read it back through the kernel: I @ W^T = W^T
             eye = torch.eye(self.in_features, device=self.weight.device, dtype=torch.bfloat16)
             return self._tinygemm_mm(eye).t().to(dtype)
         return self._dequantize(torch.float32).to(dtype)
@@ -209,13 +247,36 @@ class Int4Linear(nn.Module):
         self.backend = "tinygemm"
         return self
 
+    def cpu_int4_(self) -> "Int4Linear":
+        """Repack for PyTorch's CPU int4 kernel ``aten._weight_int4pack_mm_for_cpu`` (in place):
+        the same convention as tinygemm (w = (q - 8) * scale + zero_f), codes in the CPU layout,
+        activations in bf16. Group sizes 32, 64, 128 or 256 only."""
+        if self.backend == "cpu":
+            return self
+        reason = cpu_int4_unsupported_reason(self.group_size, self.weight.device)
+        if reason:
+            raise ValueError(f"Int4Linear can't use the CPU int4 kernel: {reason}. Keep backend='torch'.")
+        q = unpack_int4(self.weight).to(torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+        scale = self.scales.float()
+        zero_f = (8 - self.zeros.float()) * scale
+        scales_and_zeros = torch.stack([scale, zero_f], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+        del self.weight, self.scales, self.zeros
+        self.register_buffer("weight", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        self.backend = "cpu"
+        return self
+
     def _tinygemm_mm(self, x2d: torch.Tensor) -> torch.Tensor:
+        if self.backend == "cpu":
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2d.to(torch.bfloat16).contiguous(), self.weight, self.group_size, self.scales_and_zeros)
         return torch.ops.aten._weight_int4pack_mm(
             x2d.to(torch.bfloat16).contiguous(), self.weight, self.group_size, self.scales_and_zeros
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend == "tinygemm":
+        if self.backend in ("tinygemm", "cpu"):
             y = self._tinygemm_mm(x.reshape(-1, self.in_features)).to(x.dtype)
             y = y.reshape(*x.shape[:-1], self.out_features)
         else:
@@ -280,8 +341,9 @@ def quantize_model_(model: nn.Module, bits: int = 8, group_size: int = 128,
            if m.in_features % group_size or m.in_features % 2]
     if bad:
         g = math.gcd(*(m.in_features for _, m in targets))
+        named = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more layers" if len(bad) > 3 else "")
         raise ValueError(
-            f"group_size = {group_size} does not divide the input dim of {', '.join(bad)}. "
+            f"group_size = {group_size} does not divide the input dim of {named}. "
             f"Pick a group size that divides every input dim (their gcd is {g}: "
             f"{[d for d in _divisors(g) if d % 2 == 0 or d == 1]}), or skip those layers."
         )
