@@ -186,3 +186,16 @@ def test_graph_seconds_times_a_kernel_without_launch_overhead():
     # reads and writes 64 MiB: at most a few TB/s, so well above a microsecond, well below 10 ms
     assert 1e-6 < t < 1e-2
     assert 2 * x.numel() * 4 / t < 10e12  # no faster than any GPU's memory
+
+
+def test_decode_step_seconds_grows_with_the_cache_read():
+    """A decode step that reads a long KV cache takes longer than one that reads a short one
+    (CPU, eager): the function times the step it says it times."""
+    from lecture_lib.config import ModelConfig
+    from lecture_lib.measure.timing import decode_step_seconds
+    from lecture_lib.model import Transformer
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(L=2, D=64, N=4, K=4, H=16, F=128, V=64, S_max=8192)).eval()
+    short = min(decode_step_seconds(model, B=8, S=16, repeats=5) for _ in range(3))
+    long = min(decode_step_seconds(model, B=8, S=8000, repeats=5) for _ in range(3))
+    assert 0 < short < long

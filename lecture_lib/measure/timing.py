@@ -373,3 +373,22 @@ def graph_seconds(fn: Callable, *args, calls: int = 10, repeats: int = 20) -> fl
     with the decode step's, not with eager launches."""
     graphed = capture_cuda_graph(lambda *a: [fn(*a) for _ in range(calls)][-1], *args)
     return time_fn(graphed, warmup=3, repeats=repeats, device="cuda").median / calls
+
+
+def decode_step_seconds(model, B: int = 1, S: int = 64, repeats: int = 20) -> float:
+    """Seconds of one KV-cached decode step at batch B with S tokens already in the cache: the
+    static cache and a [T] position tensor, as the compiled path runs it. On a CUDA GPU the step is
+    captured in a CUDA graph (``graph_seconds``), so kernel-launch overhead is gone and what is
+    left is the step's memory traffic and compute; elsewhere it runs eager (median of ``repeats``).
+    The cache holds zeros: a step's time does not depend on the values it reads."""
+    from ..cache.static import StaticKVCache
+    device = model.norm.weight.device
+    cache = StaticKVCache.for_model(model, B, S + 1)
+    x = torch.zeros(B, 1, dtype=torch.long, device=device)
+    pos = torch.tensor([S], device=device)
+    with torch.inference_mode():
+        step = lambda tokens: model(tokens, cache, pos)  # noqa: E731
+        if device.type == "cuda":
+            return graph_seconds(step, x, repeats=repeats)
+        return time_fn(step, x, warmup=2, repeats=repeats, device=device).median
+

@@ -6,8 +6,10 @@
 #
 # Decoding is memory-bound: every step reads every weight (and the KV cache) once. Fewer bytes
 # per number means fewer bytes per token, so quantization buys speed and room for bigger batches;
-# what it costs is accuracy. This notebook measures both sides on a small model **trained** by
-# the repository (random weights say nothing about quality).
+# what it costs is accuracy. This notebook measures both sides on real weights (random weights
+# say nothing about quality): a small model **trained** by the repository for the controlled
+# experiments on one weight matrix, and a real chat model, SmolLM2-135M-Instruct, for the
+# activations, the whole-model quality and the speed.
 #
 # In this notebook you will
 # 1. read the number formats (fp32, bf16, fp16, fp8, int8, int4) from `torch.finfo`/`iinfo`,
@@ -15,10 +17,10 @@
 # 2. run the lecture's quantize/dequantize example by hand, then compare absmax with zero-point,
 # 3. measure the error of per-tensor, per-channel and per-group scales from 2 to 8 bits against
 #    the bound scale/2,
-# 4. look for outliers in the real activations of the trained model and see why they break absmax
+# 4. look for outliers in the activations of the real model and see why they break absmax
 #    (the motivation of LLM.int8()),
-# 5. quantize the trained model's weights to int8 and int4: held-out perplexity, bytes and decode
-#    speed side by side; then the KV cache to int8,
+# 5. quantize the real model's weights to int8 and int4: held-out perplexity, KL divergence,
+#    bytes and decode speed side by side; then the KV cache to int8,
 # 6. see how int8 weights move the critical batch size.
 
 # %%
@@ -30,14 +32,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F_
+from tqdm.auto import tqdm
 
-from lecture_lib import analysis, corpus, get_config, quant
+from lecture_lib import analysis, corpus, get_config, pretrained, quant
 from lecture_lib.cache import Int8KVCache, KVCache
-from lecture_lib.checkpoints import EVAL_WINDOWS, load_checkpoint, load_meta, perplexity
+from lecture_lib.checkpoints import load_checkpoint, load_meta
 from lecture_lib.decode import generate_cached
 from lecture_lib.plotting import COLORS, human_bytes
 from lecture_lib.measure.quality import cached_perplexity, perplexity_and_kl
-from lecture_lib.quant import capture_inputs, group_size_for, quantize_int4_
+from lecture_lib.measure.timing import decode_step_seconds
+from lecture_lib.quant import capture_inputs, quantize_int4_
 from lecture_lib.notebook import setup
 from lecture_lib.widgets import interact
 
@@ -189,7 +193,10 @@ plt.show()
 # **per channel** (one scale per output row of the weight) or **per group** (one per `g`
 # consecutive input weights of a row), at the cost of storing more scales.
 #
-# We load the trained model and take one of its real weight matrices.
+# We load the repository's trained model and take one of its weight matrices. (Why not the real
+# model of the later sections? Offline, its weights arrive through llama.cpp's 4-bit Q4_1 format,
+# so they already sit on a 4-bit grid, which would distort an experiment on rounding error. The
+# trained checkpoint's weights have never been quantized.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -320,15 +327,24 @@ _ = interact(draw_quant, bits=w_.IntSlider(4, 2, 8), scheme=["absmax", "zeropoin
 # of every token it appears in, and the ordinary features are crushed into a few codes.
 # LLM.int8()'s fix: multiply the outlier dimensions separately in 16-bit and the rest in int8.
 #
-# Do the trained model's activations have outliers? We capture the inputs of every linear layer
-# on held-out text with forward hooks and look at the largest |x| of each feature dimension.
+# Do a real model's activations have outliers? We load SmolLM2-135M-Instruct (`pretrained.load`:
+# the cache, else the hub's bf16 original, else the Q4_1 copy in a PyPI wheel; its origin is
+# printed), in fp32 so that the only rounding in what follows is the one we add. We capture the
+# inputs of the linear layers of a few of its 30 layers on held-out text (forward hooks), and
+# look at the largest |x| of each feature dimension.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-n_act = env.size(cpu=8, gpu=16)  # windows of 256 held-out bytes
-act_tokens = heldout[: n_act * 256].reshape(n_act, 256).to(env.device)
-names = [f"layers.{i}.{part}" for i in range(cfg.L) for part in ("attn.wq", "attn.wo", "mlp.w_gate", "mlp.w_down")]
-acts = capture_inputs(model_fp32, act_tokens, names)
+real = pretrained.load("smollm2-135m-instruct", device=env.device, dtype=torch.float32)
+rcfg = real.model.cfg
+print(real)
+real_tokens = torch.tensor(real.tokenizer.encode(corpus.heldout_text()))  # the held-out text, its own tokens
+print(f"held-out text: {len(real_tokens):,} SmolLM2 tokens")
+n_act = env.size(cpu=4, gpu=16)  # windows of 256 held-out tokens
+act_tokens = real_tokens[: n_act * 256].reshape(n_act, 256).to(env.device)
+act_layers = (0, 10, 20, rcfg.L - 1)
+names = [f"layers.{i}.{part}" for i in act_layers for part in ("attn.wq", "attn.wo", "mlp.w_gate", "mlp.w_down")]
+acts = capture_inputs(real.model, act_tokens, names)
 
 def outlier_ratio(x):
     per_dim = x.abs().amax(0)  # largest |x| of each feature dimension
@@ -343,11 +359,12 @@ worst = max(ratios, key=ratios.get)
 print(f"\nstrongest outliers: input of {worst} (largest feature {ratios[worst]:.1f}x the median feature's max)")
 
 # %% [markdown]
-# Where to look: the inputs of `wq`/`wk`/`wv` and `w_gate`/`w_up` come straight out of an RMSNorm,
-# which divides every token by its own RMS, and `wo` reads averages of value vectors; those tend to
-# be tame. The input of `w_down` is the product silu(gate)·up of two activations, which makes it
-# heavy-tailed. Below, the layer with the largest ratio: each feature dim's largest |x|, and the
-# distribution of all its values.
+# Where to look: the inputs of `wq`/`wk`/`wv` and `w_gate`/`w_up` come out of an RMSNorm, which
+# divides every token by its own RMS but then multiplies each feature by a learned weight, so a few
+# dims can still stand out; `wo` reads averages of value vectors. The input of `w_down` is the
+# product silu(gate)·up of two activations, which makes it the most heavy-tailed candidate.
+# Compare the ratios in the table. Below, the layer with the largest ratio: each feature dim's
+# largest |x|, and the distribution of all its values.
 
 # %%
 x_w = acts[worst]  # [tokens features]
@@ -373,7 +390,7 @@ print(f"{len(outliers)} outlier dims {outliers.tolist()[:10]} (|x| > {threshold:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-W_worst = model_fp32.get_submodule(worst).weight.detach().float().cpu()
+W_worst = real.model.get_submodule(worst).weight.detach().float().cpu()
 y_exact = F_.linear(x_w, W_worst)
 err_int8 = quant.relative_error(quant.int8_matmul(x_w, W_worst), y_exact)
 err_llm = quant.relative_error(quant.llm_int8_matmul(x_w, W_worst, threshold), y_exact)
@@ -382,14 +399,14 @@ print(f"real activations, input of {worst}: int8 error {err_int8:.4f}, "
 gain = err_int8 / err_llm
 print("verdict: " + (f"strong outliers: splitting off {len(outliers)} dims cuts the int8 error {gain:.1f}x"
                      if gain > 2 else
-                     f"no strong outliers in this small model: the largest feature is {ratios[worst]:.0f}x the "
+                     f"no strong outliers here: the largest feature is {ratios[worst]:.0f}x the "
                      f"median one, per-token int8 already errs only {err_int8:.1%}, and splitting off "
                      f"{len(outliers)} dims gains {gain:.1f}x"))
 
 # %% [markdown]
-# A model this small (parameters in the millions, trained for minutes) is far from where LLM.int8()
-# found its outliers (they emerge systematically at about 6.7B parameters), so whatever the table
-# above shows here, the mechanism is clearer with a controlled experiment. We make an outlier ourselves
+# LLM.int8() found outlier features emerging systematically from about 6.7B parameters; this model
+# has 135M. Whatever the table above shows for it, the mechanism is clearer with a controlled
+# experiment. We make an outlier ourselves
 # **without changing the function**: multiply two feature dims of the real x by a factor α and
 # divide the matching columns of W by α. The exact product x·Wᵀ is unchanged, but the magnitude
 # now sits in the activation, as in a large model. (Read backwards, this is SmoothQuant's trick:
@@ -436,44 +453,36 @@ assert synth[-1][1] < 2 * synth[0][1] + 1e-3, "the decomposition should stay as 
 # cannot absorb them, and keeping those few dims in 16-bit (or moving their magnitude into the
 # weights) restores int8 accuracy.*
 #
-# ## 5. Weight-only int8 and int4 on the trained model
+# ## 5. Weight-only int8 and int4 on the real model
 #
 # Now the whole model. Weight-only quantization stores the linear layers' weights as int8
 # (`quant.Int8Linear`, one absmax scale per output channel) or int4 (`quant.Int4Linear`, zero-point,
-# two weights a byte). Activations, the KV cache, norms and the embedding stay in full precision;
-# `lm_head` too (its error goes straight into the logits). The variants:
+# two weights a byte). Activations, the KV cache, norms and the embedding stay in full precision,
+# and so does SmolLM2's output layer, which shares its matrix with the embedding (a tied head).
+# The variants:
 #
 # | variant | codes | scales |
 # | --- | --- | --- |
 # | int8 per channel | 1 byte | 1 per output row |
 # | int4 per channel | ½ byte | 1 scale + 1 zero point per output row |
-# | int4 per group | ½ byte | 1 scale + 1 zero point per `g` consecutive input weights |
+# | int4 groups of g | ½ byte | 1 scale + 1 zero point per g consecutive input weights |
 #
-# Groups must tile each row exactly, so g must divide the layer's input dim. Libraries take one g
-# for the whole model (64 or 128, which divide the dims of real models); here D and F share only
-# small divisors (printed below), so we try both: the one g that divides every input dim, and
-# groups of up to 64 chosen per layer (the largest divisor of its input dim up to 64,
-# `quant.group_size_for`).
+# Groups must tile each row exactly: SmolLM2's input dims (576, 1536) share the divisors 64 and 32,
+# the group sizes llama.cpp and the int4 kernels use.
 #
-# **Quality**: held-out perplexity, and the **KL divergence** from the original model's next-token
-# distribution (nats per token). When the damage is a fraction of a percent of perplexity, whether
-# the perturbed model scores a little better or worse on a particular sample of text is partly
-# luck; the KL divergence measures how far the predictions moved and ranks small degradations
-# reliably (llama.cpp reports it for its quantization types for that reason). Both in fp32 on every
-# device, so that the only error is the weights' rounding. **Speed** is measured in the notebook's
-# dtype (fp32 on a CPU, bf16 on a GPU), eager PyTorch.
+# **Quality**: held-out perplexity, and the **KL divergence** from the unquantized model's
+# next-token distribution (nats per token). When the damage is a fraction of a percent of
+# perplexity, whether the perturbed model scores a little better or worse on a particular sample of
+# text is partly luck; the KL divergence measures how far the predictions moved and ranks small
+# degradations reliably (llama.cpp reports it for its quantization types for that reason). Both in
+# fp32 on every device, so that the only error is the weights' rounding. The reference is the model
+# as loaded: if it came through Q4_1 (see its origin above), the table measures what int8/int4
+# add on top of that.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-max_group = 64
-g_all = math.gcd(cfg.D, cfg.F, cfg.N * cfg.H)  # the largest g that divides every input dim
-n_windows = env.size(cpu=16, gpu=EVAL_WINDOWS)  # windows of 256 held-out bytes to score
-for what, n_in in [("D (wq, wk, wv, w_gate, w_up)", cfg.D), ("N·H (wo)", cfg.N * cfg.H), ("F (w_down)", cfg.F)]:
-    print(f"input dim {what:<30} {n_in:>5}: groups of up to {max_group} -> g = {group_size_for(n_in, max_group)}")
-print(f"one g for every layer: at most gcd = {g_all}")
-
-variants = ["unquantized", "int8 per channel", "int4 per channel", f"int4 groups ≤ {max_group}",
-            f"int4 groups of {g_all}"]
+n_windows = env.size(cpu=8, gpu=32)  # windows of 256 held-out tokens to score
+variants = ["unquantized", "int8 per channel", "int4 per channel", "int4 groups of 64", "int4 groups of 32"]
 
 
 def quantized(model, variant):
@@ -482,113 +491,125 @@ def quantized(model, variant):
         quant.quantize_model_(m, bits=8)
     elif variant == "int4 per channel":
         quantize_int4_(m, max_group=None)  # one group = the whole input row
-    elif variant == f"int4 groups ≤ {max_group}":
-        quantize_int4_(m, max_group=max_group)
-    elif variant == f"int4 groups of {g_all}":
-        quant.quantize_model_(m, bits=4, group_size=g_all, backend="torch")
+    elif variant.startswith("int4 groups of"):
+        # "auto": the CUDA int4 kernel for a bf16 model on a GPU, the portable form otherwise
+        quant.quantize_model_(m, bits=4, group_size=int(variant.split()[-1]), backend="auto")
     return m
 
 
 quality = {}
+for v in tqdm(variants, desc="perplexity and KL"):
+    quality[v] = perplexity_and_kl(quantized(real.model, v), real.model, real_tokens, B=4, max_windows=n_windows)
 for v in variants:
-    quality[v] = perplexity_and_kl(quantized(model_fp32, v), model_fp32, heldout, max_windows=n_windows)
-    print(f"{v:<22} held-out perplexity {quality[v][0]:.4f}, KL to the original {quality[v][1]:.5f} nats/token")
-print(f"({n_windows} windows of 256 held-out bytes)")
-if n_windows == EVAL_WINDOWS:  # the recorded protocol: the number on the checkpoint's card
-    assert abs(quality["unquantized"][0] / meta["heldout_ppl"] - 1) < 1e-3
+    print(f"{v:<20} held-out perplexity {quality[v][0]:.4f} per token, KL to the unquantized model "
+          f"{quality[v][1]:.5f} nats/token")
+print(f"({n_windows} windows of 256 held-out tokens)")
 
 # %% [markdown]
-# Speed: greedy decoding of one sequence (B = 1, the memory-bound case) with the KV cache, best of
-# three runs, and the weight bytes as stored (`quant.weight_bytes`: parameters plus int codes,
-# scales and zero points).
+# **Speed.** One decode step at batch 1 (the memory-bound case), with 64 tokens in the KV cache
+# (`measure.timing.decode_step_seconds`). On a GPU the step is captured in a CUDA graph, so kernel
+# launches do not hide the memory wall, and the model runs in bf16: int8 layers use the library's
+# Triton kernel, int4 layers the CUDA int4 kernel where their group size allows it. On a CPU the
+# step runs eager in fp32, and `quant.use_cpu_kernels_` switches the quantized layers to
+# PyTorch's packed CPU kernels (bf16 activations) where they exist (int4 groups of 32, 64, 128 or
+# 256). A layer without a kernel runs the portable form, which dequantizes the whole weight at
+# every call. The table also gives the weight bytes as stored (`quant.weight_bytes`).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-prompt = heldout[:16][None].to(env.device)
-n_new = env.size(cpu=48, gpu=256)
-base = model_fp32 if env.dtype == torch.float32 else load_checkpoint("target", device=env.device, dtype=env.dtype)
+speed_model = real.model if env.dtype == torch.float32 else copy.deepcopy(real.model).to(env.dtype)
 table = []
-samples = {}
 for v in variants:
-    m = quantized(base, v)
-    generate_cached(m, prompt, 8)  # warm-up
-    runs = [generate_cached(m, prompt, n_new) for _ in range(3)]
-    samples[v] = corpus.decode(runs[0].tokens[0, :48])
+    m = quantized(speed_model, v)
+    kernels = quant.use_cpu_kernels_(m) if env.device.type == "cpu" else None
+    kinds = sorted({type(mod).__name__ + ("" if getattr(mod, "backend", getattr(mod, "kernel", "")) in ("", "auto")
+                                          else f"[{getattr(mod, 'backend', getattr(mod, 'kernel', ''))}]")
+                    for mod in m.modules() if isinstance(mod, (quant.Int8Linear, quant.Int4Linear))})
+    step = min(decode_step_seconds(m, B=1, S=64) for _ in range(3))  # least disturbed of three
     linear = [mod for name, mod in m.named_modules() if hasattr(mod, "in_features") and name != "lm_head"]
     lin_bytes = sum(quant.weight_bytes(mod) for mod in linear)
     n_lin = sum(mod.in_features * mod.out_features for mod in linear)
     table.append(dict(variant=v, ppl=quality[v][0], kl=quality[v][1], bytes=quant.weight_bytes(m),
-                      linear_bytes=lin_bytes, bits_per_weight=8 * lin_bytes / n_lin,
-                      tps=max(r.decode_tokens_per_s for r in runs)))
+                      linear_bytes=lin_bytes, bits_per_weight=8 * lin_bytes / n_lin, step=step,
+                      layers=", ".join(kinds) or "nn.Linear"))
     del m
 
 dtype_name = str(env.dtype).removeprefix("torch.")
-print(f"quality in fp32 ({n_windows} windows); bytes and speed of the {dtype_name} model on {env.device.type}\n")
-print(f"{'variant':<20}{'perplexity':>11}{'vs base':>9}{'KL (nats)':>11}{'weights':>11}{'bits/weight':>12}"
-      f"{'decode tok/s':>14}{'vs base':>9}")
+how = "CUDA graph" if env.on_gpu else "eager"
+print(f"quality in fp32 ({n_windows} windows); bytes and speed of the {dtype_name} model on {env.device.type} ({how})\n")
+print(f"{'variant':<19}{'perplexity':>11}{'vs base':>9}{'KL (nats)':>11}{'weights':>11}{'bits/w':>8}"
+      f"{'step ms':>9}{'speed':>8}  layers")
 b0 = table[0]
 for r in table:
-    print(f"{r['variant']:<20}{r['ppl']:>11.4f}{r['ppl'] / b0['ppl'] - 1:>+9.2%}{r['kl']:>11.5f}"
-          f"{human_bytes(r['bytes']):>11}{r['bits_per_weight']:>12.2f}{r['tps']:>14,.0f}{r['tps'] / b0['tps']:>8.2f}x")
-print("\n(bits/weight: the linear layers except lm_head, codes plus scales and zero points)")
-for v, text in samples.items():
-    print(f"{v:>20}: {text!r}")
+    print(f"{r['variant']:<19}{r['ppl']:>11.4f}{r['ppl'] / b0['ppl'] - 1:>+9.2%}{r['kl']:>11.5f}"
+          f"{human_bytes(r['bytes']):>11}{r['bits_per_weight']:>8.2f}{r['step'] * 1e3:>9.2f}"
+          f"{b0['step'] / r['step']:>7.2f}x  {r['layers']}")
+print("\n(bits/w: the linear layers, codes plus scales and zero points; speed: vs the unquantized step)")
+
+reply = {}
+for v in ("unquantized", "int8 per channel", "int4 per channel"):
+    m = quantized(real.model, v)
+    reply[v] = pretrained.Pretrained(m, real.tokenizer, v, real.origin, real.folder).chat(
+        "Name three uses of a hash table.", max_new_tokens=40)
+    print(f"{v:>17}: {reply[v]!r}")
+    del m
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
 labels = [r["variant"].replace(" per ", "\nper ").replace(" groups", "\ngroups") for r in table]
 colors = [COLORS["theory"], COLORS["cached"], COLORS["naive"], COLORS["reference"], COLORS["roofline"]]
-for ax, key, title in [(axes[0], "ppl", "perplexity vs unquantized (%)"), (axes[1], "kl", "KL to the original (nats/token)"),
+for ax, key, title in [(axes[0], "ppl", "perplexity vs unquantized (%)"), (axes[1], "kl", "KL to the unquantized (nats/token)"),
                        (axes[2], "bytes", f"weight bytes (MB, {dtype_name} model)"),
-                       (axes[3], "tps", f"decode tokens/s, B=1, eager ({env.device.type})")]:
-    vals = {"ppl": [100 * (r["ppl"] / b0["ppl"] - 1) for r in table], "bytes": [r["bytes"] / 1e6 for r in table]}
-    ax.bar(labels, vals.get(key, [r[key] for r in table]), color=colors)
+                       (axes[3], "speed", f"decode step speed-up, B=1 ({env.device.type}, {how})")]:
+    vals = {"ppl": [100 * (r["ppl"] / b0["ppl"] - 1) for r in table], "bytes": [r["bytes"] / 1e6 for r in table],
+            "speed": [b0["step"] / r["step"] for r in table]}
+    ax.bar(labels, vals[key] if key in vals else [r[key] for r in table], color=colors)
     ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", labelsize=7)
 axes[0].axhline(1, color=COLORS["measured"], ls="--", lw=1, label="+1%")
 axes[0].legend(fontsize=8)
+axes[3].axhline(1, color=COLORS["measured"], ls="--", lw=1)
 plt.show()
-
-# %% [markdown]
-# Reading the table:
-# - **Quality.** int8 per channel is indistinguishable from the original (far under 1% of
-#   perplexity, a KL divergence near 0): 255 levels per row are plenty for weights. int4 costs more,
-#   and smaller groups cost less: the KL divergence falls from per channel to groups of 64 to the
-#   smallest groups. The perplexities of two close int4 variants can come out in either order on a
-#   sample of held-out text (check it on the CPU's 16 windows against the GPU's 64); their KL
-#   divergences keep their order. (This small model's weights are tame, so even int4 costs little here; large
-#   models lose more at 4 bits, which is why GPTQ and AWQ exist.)
-# - **Bytes.** int8 stores 1 byte a weight (+ a scale per row), int4 half a byte + the scales and
-#   zero points: with groups of 64, an 8-bit zero point and a 16- or 32-bit scale add 0.4–0.6 bits
-#   a weight; with groups of 8, 3–5 bits, which eats most or all of what int4 saves over int8. The
-#   group size trades quality for bytes. The embedding, norms and `lm_head` are not quantized: in
-#   this tiny model they are a noticeable part of the total, in a 7B model a small one.
-# - **Speed.** Eager PyTorch does not turn the saved bytes into speed: expect the quantized models
-#   to be no faster, and often slower. `Int8Linear` converts the whole int8 weight to the activation
-#   dtype *at every call* (it reads 1 byte a weight, writes 2–4, then the matmul reads those again),
-#   and `Int4Linear` also unpacks nibbles and applies zero points: more memory traffic and more
-#   kernels than the plain layer, not less. The bytes saved only become speed when the
-#   dequantization happens *inside* the matmul kernel, which reads the int8/int4 codes straight
-#   from memory: `torch.compile` fuses it for int8, a dedicated kernel does it for int4 (tinygemm,
-#   which needs groups of 32–256). Besides, this model is too small to be bandwidth-bound: on a CPU
-#   its weights sit in the caches, and on a GPU each step is bound by kernel launches (notebook 04).
-#   Notebook 07 builds the compiled fast path and measures it against the bandwidth roofline.
 
 # %%
 r = {row["variant"]: row for row in table}
-r8, r4c, r4m, r4g = (r[v] for v in variants[1:])
+r8, r4c, r4g64, r4g32 = (r[v] for v in variants[1:])
+print(f"int8: {r8['ppl'] / b0['ppl'] - 1:+.2%} perplexity, KL {r8['kl']:.5f}; int4 per channel: "
+      f"{r4c['ppl'] / b0['ppl'] - 1:+.2%}, KL {r4c['kl']:.4f}, {r4c['kl'] / r8['kl']:.0f}x int8's")
+print(f"int4 KL: per channel {r4c['kl']:.4f} > groups of 64 {r4g64['kl']:.4f} > groups of 32 {r4g32['kl']:.4f}")
+for row in table[1:]:
+    verdict = "faster" if row["step"] < 0.95 * b0["step"] else ("slower" if row["step"] > 1.05 * b0["step"] else "about as fast")
+    print(f"{row['variant']:<18} {verdict} than unquantized ({b0['step'] / row['step']:.2f}x) with {row['layers']}")
 assert abs(r8["ppl"] / b0["ppl"] - 1) < 0.01, "int8 per-channel should be within 1% of the unquantized model"
-for r4 in (r4c, r4m, r4g):
-    assert r4["ppl"] > r8["ppl"] and r4["kl"] > 3 * r8["kl"], "int4 should be worse than int8"
-assert r4g["ppl"] < r4c["ppl"], "per-group int4 should beat per-channel int4"
-assert r4c["kl"] > r4m["kl"] > r4g["kl"], "smaller groups should move the model less"
-assert r8["linear_bytes"] < 0.6 * b0["linear_bytes"]
-assert r4c["linear_bytes"] < r4m["linear_bytes"] < r8["linear_bytes"]
+assert r4c["kl"] > 3 * r8["kl"] and r4g64["kl"] > 3 * r8["kl"], "int4 should move the model more than int8"
+assert r4c["kl"] > r4g64["kl"] > r4g32["kl"], "smaller groups should move the model less"
+assert r8["linear_bytes"] < 0.6 * b0["linear_bytes"] and r4g64["linear_bytes"] < 0.6 * r8["linear_bytes"]
+if env.on_gpu:  # in a CUDA graph the step is the weight read: a quarter (int8) or an eighth of the bytes
+    assert r8["step"] < 0.9 * b0["step"], "int8 weights with the Triton kernel should shorten a graph-captured step"
 
 # %% [markdown]
-# *Takeaway: int8 weights are free in quality and halve (vs bf16) the bytes each decode step reads;
-# int4 costs some quality, which smaller groups buy back with bytes; the speed only comes with a
-# fused kernel (notebook 07).*
+# Reading the table (the printed lines above say which way each comparison went in this run):
+# - **Quality.** 255 levels per row are plenty for weights: int8 per channel moves the model little
+#   (its KL divergence is the smallest, its perplexity within 1%). int4 moves it far more (the
+#   ratio of the KL divergences is printed above), and smaller groups buy quality back: the KL divergence falls from per channel to groups
+#   of 64 to groups of 32. The three greedy replies show what that means for text: a reply can
+#   change at the first token whose top two candidates were close.
+# - **Bytes.** int8 stores 1 byte a weight (+ a scale per row), int4 half a byte + the scales and
+#   zero points (the `bits/w` column: smaller groups, more of them). The embedding
+#   (which is also the output layer) and the norms are not quantized: in this 135M model the
+#   49,152 × 576 embedding is a fifth of all weights, in a 7B model a small share.
+# - **Speed.** A kernel that reads the small codes directly (the Triton int8 kernel and CUDA's int4
+#   kernel on a GPU, PyTorch's packed kernels on a CPU) turns fewer bytes into a shorter step,
+#   though by less than the byte ratio: the rest of the step (attention, norms, the unquantized
+#   output layer, per-kernel costs) does not shrink. A layer left on the portable form (int4 per
+#   channel: no kernel takes groups of 576) writes a full-precision copy of its weight at every
+#   call, more traffic than the unquantized layer. At large batch or in prefill the matmuls become
+#   compute-bound, and weight-only quantization no longer saves time, only memory (section 7).
+
+# %% [markdown]
+# *Takeaway: int8 weights are nearly free in quality and cut the bytes each decode step reads;
+# int4 costs more quality, which smaller groups buy back with bytes; the speed comes only with a
+# kernel that dequantizes in registers (notebook 07 measures the whole ladder).*
 #
 # ## 6. An int8 KV cache
 #
@@ -599,14 +620,14 @@ assert r4c["linear_bytes"] < r4m["linear_bytes"] < r8["linear_bytes"]
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-S = cfg.S_max
+S = 2048
 for B_kv in (1, 16):
-    c_full = KVCache.for_model(model_fp32, B_kv, S)
-    c_int8 = Int8KVCache.for_model(model_fp32, B_kv, S)
-    formula = analysis.kv_cache_bytes(cfg, B_kv, S, bytes_per_value=1 + 4 / cfg.H)
+    c_full = KVCache.for_model(real.model, B_kv, S)
+    c_int8 = Int8KVCache.for_model(real.model, B_kv, S)
+    formula = analysis.kv_cache_bytes(rcfg, B_kv, S, bytes_per_value=1 + 4 / rcfg.H)
     assert c_int8.nbytes == formula
     print(f"B={B_kv:>2}, S={S}: fp32 cache {human_bytes(c_full.nbytes):>10}, int8 cache {human_bytes(c_int8.nbytes):>10} "
-          f"({c_int8.nbytes / c_full.nbytes:.3f}x; with bf16 scales vs a bf16 cache: {(1 + 2 / cfg.H) / 2:.3f}x)")
+          f"({c_int8.nbytes / c_full.nbytes:.3f}x; with bf16 scales vs a bf16 cache: {(1 + 2 / rcfg.H) / 2:.3f}x)")
     del c_full, c_int8
 
 # %% [markdown]
@@ -618,9 +639,9 @@ for B_kv in (1, 16):
 # %%
 # NBVAL_IGNORE_OUTPUT
 int8_cache = lambda m, B, S: Int8KVCache.for_model(m, B, S)  # noqa: E731
-ppl_cache = cached_perplexity(model_fp32, heldout, max_windows=n_windows)
-ppl_kv8 = cached_perplexity(model_fp32, heldout, int8_cache, max_windows=n_windows)
-ppl_both = cached_perplexity(quantized(model_fp32, "int8 per channel"), heldout, int8_cache, max_windows=n_windows)
+ppl_cache = cached_perplexity(real.model, real_tokens, B=4, max_windows=n_windows)
+ppl_kv8 = cached_perplexity(real.model, real_tokens, int8_cache, B=4, max_windows=n_windows)
+ppl_both = cached_perplexity(quantized(real.model, "int8 per channel"), real_tokens, int8_cache, B=4, max_windows=n_windows)
 print(f"fp32 KV cache:                   {ppl_cache:.4f} (no cache: {quality['unquantized'][0]:.4f})")
 print(f"int8 KV cache:                   {ppl_kv8:.4f} ({ppl_kv8 / ppl_cache - 1:+.3%})")
 print(f"int8 KV cache + int8 weights:    {ppl_both:.4f} ({ppl_both / ppl_cache - 1:+.3%})")
@@ -722,18 +743,19 @@ plt.show()
 #   scales.
 # - Activations of large models have outlier features that break per-token absmax; LLM.int8() keeps
 #   them in 16-bit (SmoothQuant/AWQ move or protect them instead).
-# - On the trained model: int8 weights cost < 1% perplexity, int4 more, per-group int4 less than
-#   per-channel int4; an int8 KV cache costs far less than 1%. Eager dequantization is not faster:
-#   the speed needs fused kernels (notebook 07).
+# - On a real model (SmolLM2-135M): int8 weights cost < 1% perplexity, int4 more, per-group int4
+#   less than per-channel int4; an int8 KV cache costs under 1%. The speed-up at batch 1 needs a
+#   kernel that reads the codes directly; the portable dequantize-then-matmul form is slower.
 # - int8 weights halve the bytes a decode step reads, and with them B_crit.
 #
 # ## Exercises
-# 1. Quantize only the MLPs (`quant.quantize_model_(m, bits=4, group_size=16, skip=("lm_head", "wq",
-#    "wk", "wv", "wo"))`) and then only attention. Which part of the model is more sensitive?
+# 1. Quantize only the MLPs of the real model (`quant.quantize_model_(m, bits=4, group_size=32,
+#    skip=("lm_head", "wq", "wk", "wv", "wo"))`) and then only attention. Which part is more sensitive?
 # 2. Use `quant.fake_quantize` on every linear weight to make a perplexity-vs-bits curve (2 to 8 bits)
 #    for per-channel and per-group scales. Where does quality fall off a cliff?
-# 3. Quantize `lm_head` too (`skip=()`). What happens to perplexity, and why is the output layer
-#    more sensitive than the others?
+# 3. Quantize `lm_head` too (`skip=()`; SmolLM2's is tied to the embedding, so the embedding stays
+#    in full precision and the model grows). What happens to perplexity, and why is the output
+#    layer more sensitive than the others?
 # 4. In section 4, set α = 100 and vary the LLM.int8() threshold. How few outlier dims must be split
 #    off to recover the accuracy?
 # 5. With `analysis.step_time`, find the batch size at which int8 weights stop helping Llama 3 70B

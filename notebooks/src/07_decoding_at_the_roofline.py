@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lecture_lib import Transformer, analysis, devices, get_config, hardware, quant
+from lecture_lib import Transformer, analysis, devices, get_config, hardware, pretrained, quant
 from lecture_lib.cache import KVCache
 from lecture_lib.measure import bench, references
 from lecture_lib.notebook import setup
@@ -109,21 +109,22 @@ for name in ["llama3.2-1b-like", "llama3-8b"]:
 #   `compiled`, `int8` and `int8_inductor` each compile the decode step first: tens of seconds each on an H100
 #   (more on a small Colab machine). That time is reported separately (`warm-up s`) and is not
 #   part of tokens/s.
-# - **CPU**: a 31M-parameter model in fp32 (124 MB of weights: larger than a CPU's caches, so
-#   every step really streams from memory), 64 new tokens. Compilation is **off** on a CPU by
-#   default (`COMPILE_ON_CPU = False`): Inductor on a CPU generates and compiles C++ for a minute
-#   or more, and there are no CUDA graphs to gain from. The `compiled` rung is then skipped and
-#   `int8` runs eager.
+# - **CPU**: the real SmolLM2-135M-Instruct (`pretrained.load`, its own weights: 540 MB in fp32,
+#   far larger than a CPU's caches, so every step really streams from memory), 64 new tokens.
+#   Compilation is **off** on a CPU by default (`COMPILE_ON_CPU = False`): Inductor on a CPU
+#   generates and compiles C++ for a minute or more, and there are no CUDA graphs to gain from.
+#   The `compiled` rung is then skipped, and `int8` and `int4` run eager with PyTorch's packed CPU
+#   kernels (`quant.use_cpu_kernels_`: they read the int8/int4 codes directly; activations in bf16).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-cpu_cfg = get_config("small").replace(L=8, D=512, N=8, K=2, H=64, F=1408, V=8192, name="cpu-31m")
-cfg = env.size(cpu=cpu_cfg, gpu=get_config("llama3.2-1b-like"))
+REAL = env.size(cpu="smollm2-135m-instruct", gpu=None)  # a real model on a CPU; random weights on a GPU
+cfg = pretrained.load(REAL).model.cfg if REAL else get_config("llama3.2-1b-like")
 PROMPT, NEW = 16, env.size(cpu=64, gpu=128)
-RUNGS = ["naive", "cached", "static", "compiled", "int8"] + env.size(cpu=[], gpu=["int8_inductor"])
+RUNGS = ["naive", "cached", "static", "compiled", "int8"] + env.size(cpu=["int4"], gpu=["int8_inductor"])
 # (add "int4" on an Ampere-or-newer GPU)
 COMPILE_ON_CPU = False
-print(f"{cfg.name}: L={cfg.L} D={cfg.D} N={cfg.N} K={cfg.K} H={cfg.H} F={cfg.F} V={cfg.V}, "
+print(f"{REAL or cfg.name}: L={cfg.L} D={cfg.D} N={cfg.N} K={cfg.K} H={cfg.H} F={cfg.F} V={cfg.V}, "
       f"{analysis.num_params_exact(cfg) / 1e6:,.1f}M parameters, {devices.dtype_name(env.dtype)}; "
       f"batch 1, prompt {PROMPT}, {NEW} new tokens")
 
@@ -132,7 +133,7 @@ print(f"{cfg.name}: L={cfg.L} D={cfg.D} N={cfg.N} K={cfg.K} H={cfg.H} F={cfg.F} 
 t0 = time.perf_counter()
 try:
     result = bench.run_decode(cfg, batch=1, prompt_len=PROMPT, new=NEW, dtype=env.dtype, rungs=RUNGS,
-                              device=env.device, repeats=3, compile_cpu=COMPILE_ON_CPU)
+                              device=env.device, repeats=3, compile_cpu=COMPILE_ON_CPU, pretrained=REAL)
 except torch.cuda.OutOfMemoryError:  # the model itself did not fit: fall back to a smaller one
     print(f"{cfg.name} does not fit in this GPU's memory: using the 'medium' preset instead")
     cfg = get_config("medium")
@@ -146,7 +147,8 @@ for r in result["rows"]:
     if r["rung"] in ("compiled", "int8", "int8_inductor", "int4") and r["status"] == "ok" and env.on_gpu:
         print(f"{r['rung']}: first run (compile + CUDA-graph capture) {r['compile_s']:.1f} s, not counted in tokens/s")
 if not env.on_gpu and not COMPILE_ON_CPU:
-    print("compile is off on a CPU (COMPILE_ON_CPU = False): 'compiled' is skipped and 'int8' runs eager")
+    print("compile is off on a CPU (COMPILE_ON_CPU = False): 'compiled' is skipped; 'int8' and 'int4' run eager "
+          "on PyTorch's packed CPU kernels")
 
 # %% [markdown]
 # Reading the table: `MB/step` is the roofline's numerator (section 1) for this model, `GB/s` is
@@ -502,9 +504,10 @@ for res, where in [(result, "this device")] + [(ref, "reference " + ref["device_
 # copy bandwidth) and the `int8` rung gained only 1.10× over compiled bf16 at the 1B-like shape.
 # `python -m lecture_lib.measure.gemv_bench --preset llama3-8b --sweep` times a wider set of tile sizes on
 # your GPU.
-# (On a CPU with compile off, the ladder's `int8` runs the eager portable form: a small model's
-# layers are small enough that the dequantized copy can stay in the CPU's caches, so there it may
-# land on either side of the unquantized rungs; check your table.)
+# (On a CPU with compile off, the ladder's `int8` and `int4` rungs run eager on PyTorch's packed
+# CPU kernels, `aten._weight_int8pack_mm` and `aten._weight_int4pack_mm_for_cpu`, which read the
+# codes directly; compare their rows with `cached` in the table of section 2, and their bytes per
+# step with its 540 MB.)
 #
 # *Takeaway: quantized weights cut time only if the kernel that reads them does the
 # dequantization in registers and streams its bytes as fast as the unquantized one; that can take
