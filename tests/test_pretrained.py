@@ -168,7 +168,7 @@ def test_unknown_model_and_offline_errors(tmp_path, monkeypatch):
 def test_a_gguf_file_loads_through_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LECTURE_LIB_CACHE", str(tmp_path / "cache"))
     model = tiny_model()
-    p = pretrained.load(str(write_gguf(tmp_path / "tiny.gguf", model, {})))
+    p = pretrained.load(str(write_gguf(tmp_path / "tiny.gguf", model, {})), device="cpu", dtype=torch.float32)
     folder = tmp_path / "cache" / "models" / "tiny"
     assert p.folder == folder and (folder / "origin.json").is_file() and (folder / "source.gguf").is_file()
     assert json.loads((folder / "config.json").read_text())["rope_theta"] == 100000.0
