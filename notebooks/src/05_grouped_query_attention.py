@@ -388,7 +388,10 @@ if not by_K[N_sweep].oom and not by_K[1].oom:
 # report MHA > GQA > MQA in quality, with GQA-8 close to MHA. We trained three byte-level models
 # that share everything (architecture, data, seed, batches, number of steps) except K:
 # K = 8 (MHA), K = 2 (GQA, N/4) and K = 1 (MQA) (`python -m lecture_lib.train`; see
-# `data/checkpoints/README.md`). Their cards record the held-out perplexity per byte:
+# `data/checkpoints/README.md`). Their cards record the held-out perplexity per byte. (Notebooks
+# 02, 06 and 07 use a real chat model, SmolLM2-135M; here the small models are the right tool: a
+# real model comes with one K only, and comparing real models of different K would compare
+# different training runs too, while these three differ in K alone.)
 
 # %%
 # NBVAL_CHECK_OUTPUT
