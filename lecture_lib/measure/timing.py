@@ -375,17 +375,18 @@ def graph_seconds(fn: Callable, *args, calls: int = 10, repeats: int = 20) -> fl
     return time_fn(graphed, warmup=3, repeats=repeats, device="cuda").median / calls
 
 
-def decode_step_seconds(model, B: int = 1, S: int = 64, repeats: int = 20) -> float:
-    """Seconds of one KV-cached decode step at batch B with S tokens already in the cache: the
-    static cache and a [T] position tensor, as the compiled path runs it. On a CUDA GPU the step is
-    captured in a CUDA graph (``graph_seconds``), so kernel-launch overhead is gone and what is
-    left is the step's memory traffic and compute; elsewhere it runs eager (median of ``repeats``).
-    The cache holds zeros: a step's time does not depend on the values it reads."""
+def decode_step_seconds(model, B: int = 1, S: int = 64, repeats: int = 20, T: int = 1) -> float:
+    """Seconds of one KV-cached forward of T new tokens per sequence (T = 1: a decode step; T > 1:
+    e.g. speculative sampling's verification of T - 1 drafted tokens) at batch B with S tokens
+    already in the cache: the static cache and a [T] position tensor, as the compiled path runs
+    it. On a CUDA GPU the forward is captured in a CUDA graph (``graph_seconds``), so kernel-launch
+    overhead is gone and what is left is its memory traffic and compute; elsewhere it runs eager
+    (median of ``repeats``). The cache holds zeros: the time does not depend on the values read."""
     from ..cache.static import StaticKVCache
     device = model.norm.weight.device
-    cache = StaticKVCache.for_model(model, B, S + 1)
-    x = torch.zeros(B, 1, dtype=torch.long, device=device)
-    pos = torch.tensor([S], device=device)
+    cache = StaticKVCache.for_model(model, B, S + T)
+    x = torch.zeros(B, T, dtype=torch.long, device=device)
+    pos = torch.arange(S, S + T, device=device)
     with torch.inference_mode():
         step = lambda tokens: model(tokens, cache, pos)  # noqa: E731
         if device.type == "cuda":
