@@ -1,0 +1,165 @@
+"""A small continuous-batching engine (Orca's iteration-level scheduling on a paged KV cache).
+
+Every ``step``: decode one token for every running sequence, admit waiting requests (FCFS)
+while blocks and the token budget allow (their whole uncached prompt is prefilled in the same
+step: prefill and decode mixed), run the model **once** on the ragged batch, sample, and retire
+finished sequences. When the pool runs out of blocks a decode needs, the most recently admitted
+sequence is preempted by recompute: its blocks freed, the request back at the front of the queue.
+The readable first slice: whole-prompt prefill (no chunking yet), greedy or temperature sampling.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from ..decode.sampling import check_sampling, sample
+from ..model import Transformer
+from .block_manager import BlockManager, NoFreeBlocks, Sequence
+from .paged_cache import PagedKVCache
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    max_tokens: int
+    temperature: float = 0.0
+    eos_id: int | None = None
+    output: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    seq: Sequence | None = None
+    request_id: int = 0
+
+
+class Engine:
+    def __init__(self, model: Transformer, num_blocks: int = 256, block_size: int = 16, max_num_seqs: int = 32,
+                 max_tokens_per_step: int = 2048, enable_prefix_caching: bool = True):
+        self.model = model
+        self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
+        self.cache = PagedKVCache.for_model(model, num_blocks, block_size)
+        self.max_num_seqs, self.max_tokens_per_step = max_num_seqs, max_tokens_per_step
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.finished: list[Request] = []
+        self.preemptions = 0
+        self.last_step_tokens = 0
+        self._next_id = 0
+
+    def add_request(self, prompt: list[int], max_tokens: int, temperature: float = 0.0,
+                    eos_id: int | None = None) -> Request:
+        if not prompt:
+            raise ValueError("A request needs at least one prompt token.")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}.")
+        check_sampling(temperature, None)
+        if len(prompt) + max_tokens > self.model.cfg.S_max:
+            raise ValueError(f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) exceed the model's "
+                             f"S_max = {self.model.cfg.S_max}.")
+        if self.blocks.blocks_needed(len(prompt) + max_tokens) > len(self.blocks.blocks):
+            raise ValueError(f"This request needs {self.blocks.blocks_needed(len(prompt) + max_tokens)} blocks "
+                             f"at its longest; the pool has {len(self.blocks.blocks)}. It could never finish.")
+        if len(prompt) + max_tokens > self.max_tokens_per_step:
+            raise ValueError(f"prompt + max_tokens = {len(prompt) + max_tokens} tokens exceed max_tokens_per_step = "
+                             f"{self.max_tokens_per_step}: this engine prefills a whole prompt in one step (a "
+                             "preempted request re-prefills its output too) and does not chunk prompts yet. "
+                             "Raise max_tokens_per_step.")
+        req = Request(list(prompt), max_tokens, temperature, eos_id, request_id=self._next_id)
+        self._next_id += 1
+        self.waiting.append(req)
+        return req
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _preempt(self, victim: Request) -> None:
+        self.blocks.free(victim.seq)
+        victim.seq = None  # recompute: its prompt and output so far are prefilled again later
+        self.running.remove(victim)
+        self.waiting.appendleft(victim)
+        self.preemptions += 1
+
+    def _schedule(self) -> list[tuple[Request, list[int], int]]:
+        """(request, tokens to feed, position of the first) for this step."""
+        batch = []
+        for req in list(self.running):  # decodes first: one token each
+            if req not in self.running:
+                continue  # preempted below to make room for an earlier one
+            while True:
+                try:
+                    copy = self.blocks.append(req.seq)  # room for the token fed now (the last one)
+                    if copy:
+                        self.cache.copy_block(*copy)
+                    break
+                except NoFreeBlocks:
+                    victim = self.running[-1]
+                    if victim is req:  # nothing else to take from: requeue this one
+                        self._preempt(req)
+                        break
+                    self._preempt(victim)
+            if req in self.running:
+                batch.append((req, [req.seq.token_ids[-1]], len(req.seq) - 1))
+        budget = self.max_tokens_per_step - len(batch)
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            req = self.waiting[0]
+            seq = Sequence(req.prompt + req.output)
+            if not self.blocks.can_allocate(seq):
+                break
+            self.blocks.allocate(seq)
+            todo = seq.token_ids[seq.num_cached_tokens:]
+            if len(todo) > budget:
+                self.blocks.free(seq)
+                break
+            self.waiting.popleft()
+            req.seq = seq
+            self.running.append(req)
+            batch.append((req, todo, seq.num_cached_tokens))
+            budget -= len(todo)
+        return batch
+
+    def _step_made_progress(self) -> bool:
+        self.step()
+        return self.last_step_tokens > 0
+
+    @torch.inference_mode()
+    def step(self) -> list[Request]:
+        """One iteration; returns the requests that finished in it."""
+        batch = self._schedule()
+        self.last_step_tokens = len(batch)  # one new token per scheduled sequence
+        if not batch:
+            return []
+        device = self.model.tok_emb.weight.device
+        T = max(len(tokens) for _, tokens, _ in batch)
+        x = torch.zeros(len(batch), T, dtype=torch.long, device=device)
+        pos = torch.full((len(batch), T), -1, dtype=torch.long, device=device)
+        for i, (_, tokens, start) in enumerate(batch):
+            x[i, :len(tokens)] = torch.tensor(tokens)
+            pos[i, :len(tokens)] = torch.arange(start, start + len(tokens))
+        self.cache.bind([req.seq.block_table for req, _, _ in batch])
+        logits = self.model(x, self.cache, pos)
+        last = torch.tensor([len(tokens) - 1 for _, tokens, _ in batch], device=device)
+        logits = logits[torch.arange(len(batch), device=device), last]  # [B V]: each row's last real token
+        done = []
+        for i, (req, _, _) in enumerate(batch):
+            token = int(sample(logits[i:i + 1], req.temperature)[0])
+            req.output.append(token)
+            req.seq.token_ids.append(token)
+            self.blocks.commit(req.seq, len(req.seq) - 1)  # every token but the new one has its KV
+            if len(req.output) >= req.max_tokens or token == req.eos_id:
+                req.finish_reason = "stop" if token == req.eos_id else "length"
+                self.blocks.free(req.seq)
+                req.seq = None
+                self.running.remove(req)
+                self.finished.append(req)
+                done.append(req)
+        return done
+
+    def generate(self, prompts: list[list[int]], max_tokens, temperature: float = 0.0) -> list[list[int]]:
+        """Offline: all requests at once; returns each one's output tokens, in order."""
+        limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
+        reqs = [self.add_request(p, m, temperature) for p, m in zip(prompts, limits)]
+        while self.has_work:
+            if not self._step_made_progress():
+                raise RuntimeError("No request could be scheduled (not enough free blocks for any waiting prompt).")
+        return [r.output for r in reqs]

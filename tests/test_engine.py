@@ -1,0 +1,56 @@
+"""The engine's greedy tokens equal solo decoding of each request, whatever the batching,
+block size, prefix caching or preemption; and nothing leaks."""
+import random
+
+import pytest
+import torch
+
+from lecture_lib.checkpoints import load_checkpoint
+from lecture_lib.decode import generate_cached
+from lecture_lib.serving import Engine
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_checkpoint("target").double()  # float64: batched and solo numerics cannot flip a tie
+
+
+def workload(n=6, seed=0):
+    rng = random.Random(seed)
+    shared = [rng.randrange(256) for _ in range(20)]  # a shared prefix, so prefix caching gets hits
+    prompts = [shared[:rng.randrange(1, 20)] + [rng.randrange(256) for _ in range(rng.randrange(1, 30))]
+               for _ in range(n)]
+    return prompts, [rng.randrange(1, 40) for _ in range(n)]
+
+
+def solo(model, prompt, n):
+    return generate_cached(model, torch.tensor([prompt]), n).tokens[0].tolist()
+
+
+@pytest.mark.parametrize("block_size,num_blocks,prefix", [(16, 64, True), (1, 600, True), (7, 64, False),
+                                                           (4, 24, True)])
+def test_equal_to_solo_decoding(model, block_size, num_blocks, prefix):
+    prompts, limits = workload()
+    engine = Engine(model, num_blocks=num_blocks, block_size=block_size, max_num_seqs=4,
+                    enable_prefix_caching=prefix)
+    engine.blocks.debug = True
+    outputs = engine.generate(prompts, limits)
+    for prompt, n, out in zip(prompts, limits, outputs):
+        assert out == solo(model, prompt, n)
+    assert not engine.has_work and engine.blocks.num_free_blocks == num_blocks
+    assert all(b.ref_count == 0 for b in engine.blocks.blocks)
+    if num_blocks == 24:  # 24 blocks of 4 tokens: one request fits, four at once do not: preemption
+        assert engine.preemptions > 0
+
+
+def test_bad_requests_are_refused_and_the_rest_still_served(model):
+    engine = Engine(model, num_blocks=8, block_size=4)
+    with pytest.raises(ValueError, match="max_tokens"):
+        engine.add_request([1, 2], 0)
+    with pytest.raises(ValueError, match="could never finish"):
+        engine.add_request([1] * 30, 10)
+    with pytest.raises(ValueError, match="S_max"):
+        engine.add_request([1] * 1020, 10)
+    with pytest.raises(ValueError, match="max_tokens_per_step"):
+        Engine(model, num_blocks=8, block_size=4, max_tokens_per_step=4).add_request([1, 2, 3], 5)
+    assert engine.generate([[5, 6, 7]], 5) == [solo(model, [5, 6, 7], 5)]
