@@ -27,12 +27,15 @@ def solo(model, prompt, n):
     return generate_cached(model, torch.tensor([prompt]), n).tokens[0].tolist()
 
 
-@pytest.mark.parametrize("block_size,num_blocks,prefix", [(16, 64, True), (1, 600, True), (7, 64, False),
-                                                           (4, 24, True)])
-def test_equal_to_solo_decoding(model, block_size, num_blocks, prefix):
+@pytest.mark.parametrize("block_size,num_blocks,prefix,budget", [
+    (16, 64, True, 256), (1, 600, True, 256), (7, 64, False, 256), (4, 24, True, 256),
+    (16, 64, True, 2), (7, 64, True, 3), (4, 24, False, 3)])
+def test_equal_to_solo_decoding(model, block_size, num_blocks, prefix, budget):
+    """Block sizes 1, 7 (dividing no prompt length) and 16; prefix caching on and off; a pool that
+    forces preemption (24 blocks of 4); token budgets of 2 and 3 that force chunked prefill."""
     prompts, limits = workload()
     engine = Engine(model, num_blocks=num_blocks, block_size=block_size, max_num_seqs=4,
-                    enable_prefix_caching=prefix)
+                    max_tokens_per_step=budget, enable_prefix_caching=prefix)
     engine.blocks.debug = True
     outputs = engine.generate(prompts, limits)
     for prompt, n, out in zip(prompts, limits, outputs):
@@ -52,5 +55,5 @@ def test_bad_requests_are_refused_and_the_rest_still_served(model):
     with pytest.raises(ValueError, match="S_max"):
         engine.add_request([1] * 1020, 10)
     with pytest.raises(ValueError, match="max_tokens_per_step"):
-        Engine(model, num_blocks=8, block_size=4, max_tokens_per_step=4).add_request([1, 2, 3], 5)
+        Engine(model, num_blocks=8, block_size=4, max_tokens_per_step=0).add_request([1, 2, 3], 5)
     assert engine.generate([[5, 6, 7]], 5) == [solo(model, [5, 6, 7], 5)]

@@ -1,11 +1,12 @@
 """A small continuous-batching engine (Orca's iteration-level scheduling on a paged KV cache).
 
-Every ``step``: decode one token for every running sequence, admit waiting requests (FCFS)
-while blocks and the token budget allow (their whole uncached prompt is prefilled in the same
-step: prefill and decode mixed), run the model **once** on the ragged batch, sample, and retire
-finished sequences. When the pool runs out of blocks a decode needs, the most recently admitted
+Every ``step``: decode one token for every running sequence, continue prompts being prefilled
+and admit waiting requests (FCFS) while blocks and the token budget allow (chunked prefill:
+a prompt longer than what is left of the budget is split over several steps), run the model
+**once** on the ragged batch (prefill chunks and decodes mixed), sample where a sequence's
+prompt is complete, and retire finished sequences. When the pool runs out of blocks a decode needs, the most recently admitted
 sequence is preempted by recompute: its blocks freed, the request back at the front of the queue.
-The readable first slice: whole-prompt prefill (no chunking yet), greedy or temperature sampling.
+The readable version: greedy or temperature sampling; attention through ``PagedKVCache``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class Request:
     finish_reason: str | None = None
     seq: Sequence | None = None
     request_id: int = 0
+    num_computed: int = 0      # tokens of seq whose keys and values are in the pool
+    needs_slot: bool = False   # a token was sampled and its slot is not allocated yet
 
 
 class Engine:
@@ -59,11 +62,8 @@ class Engine:
         if self.blocks.blocks_needed(len(prompt) + max_tokens) > len(self.blocks.blocks):
             raise ValueError(f"This request needs {self.blocks.blocks_needed(len(prompt) + max_tokens)} blocks "
                              f"at its longest; the pool has {len(self.blocks.blocks)}. It could never finish.")
-        if len(prompt) + max_tokens > self.max_tokens_per_step:
-            raise ValueError(f"prompt + max_tokens = {len(prompt) + max_tokens} tokens exceed max_tokens_per_step = "
-                             f"{self.max_tokens_per_step}: this engine prefills a whole prompt in one step (a "
-                             "preempted request re-prefills its output too) and does not chunk prompts yet. "
-                             "Raise max_tokens_per_step.")
+        if not isinstance(self.max_tokens_per_step, int) or self.max_tokens_per_step < 1:
+            raise ValueError(f"max_tokens_per_step must be a positive integer, got {self.max_tokens_per_step!r}.")
         req = Request(list(prompt), max_tokens, temperature, eos_id, request_id=self._next_id)
         self._next_id += 1
         self.waiting.append(req)
@@ -75,46 +75,52 @@ class Engine:
 
     def _preempt(self, victim: Request) -> None:
         self.blocks.free(victim.seq)
-        victim.seq = None  # recompute: its prompt and output so far are prefilled again later
+        victim.seq, victim.num_computed, victim.needs_slot = None, 0, False  # recompute: its prompt and output so far are prefilled again later
         self.running.remove(victim)
         self.waiting.appendleft(victim)
         self.preemptions += 1
 
     def _schedule(self) -> list[tuple[Request, list[int], int]]:
-        """(request, tokens to feed, position of the first) for this step."""
-        batch = []
-        for req in list(self.running):  # decodes first: one token each
+        """(request, tokens to feed, position of the first) for this step, within the token budget.
+
+        Running requests first, in admission order: a decode costs one token (its last sampled
+        token, whose slot is made now: ``blocks.append``, preempting the most recent request if
+        the pool is out of blocks); a prompt still being prefilled gets the next chunk that fits
+        the budget (chunked prefill: long prompts share steps with decodes instead of stalling
+        them). Then waiting requests are admitted (FCFS) while blocks, sequences and budget allow."""
+        batch, budget = [], self.max_tokens_per_step
+        for req in list(self.running):
             if req not in self.running:
                 continue  # preempted below to make room for an earlier one
-            while True:
-                try:
-                    copy = self.blocks.append(req.seq)  # room for the token fed now (the last one)
-                    if copy:
-                        self.cache.copy_block(*copy)
-                    break
-                except NoFreeBlocks:
-                    victim = self.running[-1]
-                    if victim is req:  # nothing else to take from: requeue this one
-                        self._preempt(req)
+            if req.needs_slot:
+                while True:
+                    try:
+                        copy = self.blocks.append(req.seq)  # room for the token sampled last step
+                        if copy:
+                            self.cache.copy_block(*copy)
+                        req.needs_slot = False
                         break
-                    self._preempt(victim)
-            if req in self.running:
-                batch.append((req, [req.seq.token_ids[-1]], len(req.seq) - 1))
-        budget = self.max_tokens_per_step - len(batch)
-        while self.waiting and len(self.running) < self.max_num_seqs:
+                    except NoFreeBlocks:
+                        victim = self.running[-1]
+                        self._preempt(victim)
+                        if victim is req:
+                            break
+            if req not in self.running or budget == 0:
+                continue
+            todo = req.seq.token_ids[req.num_computed:][:budget]
+            batch.append((req, todo, req.num_computed))
+            budget -= len(todo)
+        while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
             req = self.waiting[0]
             seq = Sequence(req.prompt + req.output)
             if not self.blocks.can_allocate(seq):
                 break
-            self.blocks.allocate(seq)
-            todo = seq.token_ids[seq.num_cached_tokens:]
-            if len(todo) > budget:
-                self.blocks.free(seq)
-                break
+            self.blocks.allocate(seq)  # blocks for the whole prompt now: later chunks never wait for memory
             self.waiting.popleft()
-            req.seq = seq
+            req.seq, req.num_computed, req.needs_slot = seq, seq.num_cached_tokens, False
             self.running.append(req)
-            batch.append((req, todo, seq.num_cached_tokens))
+            todo = seq.token_ids[req.num_computed:][:budget]
+            batch.append((req, todo, req.num_computed))
             budget -= len(todo)
         return batch
 
@@ -126,7 +132,7 @@ class Engine:
     def step(self) -> list[Request]:
         """One iteration; returns the requests that finished in it."""
         batch = self._schedule()
-        self.last_step_tokens = len(batch)  # one new token per scheduled sequence
+        self.last_step_tokens = sum(len(tokens) for _, tokens, _ in batch)  # tokens processed
         if not batch:
             return []
         device = self.model.tok_emb.weight.device
@@ -141,11 +147,15 @@ class Engine:
         last = torch.tensor([len(tokens) - 1 for _, tokens, _ in batch], device=device)
         logits = logits[torch.arange(len(batch), device=device), last]  # [B V]: each row's last real token
         done = []
-        for i, (req, _, _) in enumerate(batch):
+        for i, (req, tokens, start) in enumerate(batch):
+            req.num_computed = start + len(tokens)
+            self.blocks.commit(req.seq, req.num_computed)
+            if req.num_computed < len(req.seq):
+                continue  # a prefill chunk: the prompt is not finished, nothing to sample yet
             token = int(sample(logits[i:i + 1], req.temperature)[0])
             req.output.append(token)
             req.seq.token_ids.append(token)
-            self.blocks.commit(req.seq, len(req.seq) - 1)  # every token but the new one has its KV
+            req.needs_slot = True
             if len(req.output) >= req.max_tokens or token == req.eos_id:
                 req.finish_reason = "stop" if token == req.eos_id else "length"
                 self.blocks.free(req.seq)
