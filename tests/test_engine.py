@@ -57,3 +57,36 @@ def test_bad_requests_are_refused_and_the_rest_still_served(model):
     with pytest.raises(ValueError, match="max_tokens_per_step"):
         Engine(model, num_blocks=8, block_size=4, max_tokens_per_step=0).add_request([1, 2, 3], 5)
     assert engine.generate([[5, 6, 7]], 5) == [solo(model, [5, 6, 7], 5)]
+
+
+def test_n_samples_share_the_prompt_and_copy_on_write(model):
+    """n = 3 greedy samples of each prompt: all equal solo decoding, which also proves the
+    copy-on-write copies (the samples share the prompt's last, partial block); at temperature 1
+    (seeded) the samples differ. Block size 7 so that every prompt ends inside a shared block."""
+    prompts, limits = workload(n=3, seed=1)
+    engine = Engine(model, num_blocks=64, block_size=7, max_num_seqs=8)
+    engine.blocks.debug = True
+    outs = engine.generate(prompts, limits, n=3)
+    for prompt, n_new, samples in zip(prompts, limits, outs):
+        assert len(samples) == 3 and all(s == solo(model, prompt, n_new) for s in samples)
+    assert engine.blocks.num_free_blocks == 64 and engine.copies > 0
+    torch.manual_seed(0)
+    sampled = Engine(model, num_blocks=64, block_size=7).generate([prompts[0]], 30, temperature=1.0, n=3)[0]
+    assert len({tuple(s) for s in sampled}) > 1
+
+
+def test_stop_tokens_and_ignore_eos(model):
+    prompt = [5, 6, 7]
+    ref = solo(model, prompt, 20)
+    stop = ref[4]
+    engine = Engine(model, num_blocks=32, block_size=4)
+    req = engine.add_request(prompt, 20, stop=[stop])
+    ignoring = engine.add_request(prompt, 20, eos_id=stop, ignore_eos=True)
+    while engine.has_work:
+        engine.step()
+    assert req.output == ref[:ref.index(stop) + 1] and req.finish_reason == "stop"
+    assert ignoring.output == ref and ignoring.finish_reason == "length"
+    with pytest.raises(ValueError, match="n \\(samples"):
+        engine.add_request(prompt, 5, n=0)
+    with pytest.raises(ValueError, match="Stop/EOS"):
+        engine.add_request(prompt, 5, stop=[10**6])

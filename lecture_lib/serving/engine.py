@@ -33,6 +33,13 @@ class Request:
     request_id: int = 0
     num_computed: int = 0      # tokens of seq whose keys and values are in the pool
     needs_slot: bool = False   # a token was sampled and its slot is not allocated yet
+    top_k: int | None = None
+    stop: frozenset = frozenset()  # more token ids that end the request (kept, like EOS)
+    n: int = 1                     # parallel samples: forked from this request when its prompt is done
+    samples: list["Request"] = field(default_factory=list)  # the n requests (this one first), once forked
+
+    def ends_with_stop(self, token: int) -> bool:
+        return token == self.eos_id or token in self.stop
 
 
 class Engine:
@@ -45,17 +52,27 @@ class Engine:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.finished: list[Request] = []
-        self.preemptions = 0
+        self.preemptions, self.copies = 0, 0  # preempted requests; copy-on-write block copies
         self.last_step_tokens = 0
         self._next_id = 0
 
     def add_request(self, prompt: list[int], max_tokens: int, temperature: float = 0.0,
-                    eos_id: int | None = None) -> Request:
+                    eos_id: int | None = None, *, top_k: int | None = None, stop=(), n: int = 1,
+                    ignore_eos: bool = False) -> Request:
+        """Queue a request. ``n`` > 1: n samples of the same prompt, which share the prompt's blocks
+        (copy-on-write when they diverge); ``stop``: token ids that end it besides ``eos_id``;
+        ``ignore_eos``: generate ``max_tokens`` whatever is sampled."""
         if not prompt:
             raise ValueError("A request needs at least one prompt token.")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}.")
-        check_sampling(temperature, None)
+        check_sampling(temperature, top_k)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n (samples per prompt) must be a positive integer, got {n!r}.")
+        V = self.model.cfg.V
+        bad = [t for t in [*stop, *([] if eos_id is None else [eos_id])] if not isinstance(t, int) or not 0 <= t < V]
+        if bad:
+            raise ValueError(f"Stop/EOS token ids must lie in [0, {V}), got {bad}.")
         if len(prompt) + max_tokens > self.model.cfg.S_max:
             raise ValueError(f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) exceed the model's "
                              f"S_max = {self.model.cfg.S_max}.")
@@ -64,7 +81,8 @@ class Engine:
                              f"at its longest; the pool has {len(self.blocks.blocks)}. It could never finish.")
         if not isinstance(self.max_tokens_per_step, int) or self.max_tokens_per_step < 1:
             raise ValueError(f"max_tokens_per_step must be a positive integer, got {self.max_tokens_per_step!r}.")
-        req = Request(list(prompt), max_tokens, temperature, eos_id, request_id=self._next_id)
+        req = Request(list(prompt), max_tokens, temperature, None if ignore_eos else eos_id, request_id=self._next_id,
+                      top_k=top_k, stop=frozenset() if ignore_eos else frozenset(stop), n=n)
         self._next_id += 1
         self.waiting.append(req)
         return req
@@ -98,6 +116,7 @@ class Engine:
                         copy = self.blocks.append(req.seq)  # room for the token sampled last step
                         if copy:
                             self.cache.copy_block(*copy)
+                            self.copies += 1
                         req.needs_slot = False
                         break
                     except NoFreeBlocks:
@@ -123,6 +142,22 @@ class Engine:
             batch.append((req, todo, req.num_computed))
             budget -= len(todo)
         return batch
+
+    def _fork(self, req: Request) -> list[Request]:
+        """n samples of one prompt: n - 1 children share every block of the parent (``fork``), so
+        the prompt is prefilled and stored once; each then samples its own tokens, and the first
+        write into the shared last block copies it (copy-on-write)."""
+        children = []
+        for _ in range(req.n - 1):
+            child = Request(req.prompt, req.max_tokens, req.temperature, req.eos_id, request_id=self._next_id,
+                            top_k=req.top_k, stop=req.stop, num_computed=req.num_computed)
+            self._next_id += 1
+            child.seq = Sequence(list(req.seq.token_ids))
+            self.blocks.fork(req.seq, child.seq)
+            self.running.insert(self.running.index(req) + 1, child)
+            children.append(child)
+        req.n, req.samples = 1, [req] + children  # forked once: a preempted sample resumes on its own
+        return req.samples
 
     def _step_made_progress(self) -> bool:
         self.step()
@@ -152,24 +187,26 @@ class Engine:
             self.blocks.commit(req.seq, req.num_computed)
             if req.num_computed < len(req.seq):
                 continue  # a prefill chunk: the prompt is not finished, nothing to sample yet
-            token = int(sample(logits[i:i + 1], req.temperature)[0])
-            req.output.append(token)
-            req.seq.token_ids.append(token)
-            req.needs_slot = True
-            if len(req.output) >= req.max_tokens or token == req.eos_id:
-                req.finish_reason = "stop" if token == req.eos_id else "length"
-                self.blocks.free(req.seq)
-                req.seq = None
-                self.running.remove(req)
-                self.finished.append(req)
-                done.append(req)
+            for r in self._fork(req) if req.n > 1 else [req]:
+                token = int(sample(logits[i:i + 1], r.temperature, r.top_k)[0])
+                r.output.append(token)
+                r.seq.token_ids.append(token)
+                r.needs_slot = True
+                if len(r.output) >= r.max_tokens or r.ends_with_stop(token):
+                    r.finish_reason = "stop" if r.ends_with_stop(token) else "length"
+                    self.blocks.free(r.seq)
+                    r.seq = None
+                    self.running.remove(r)
+                    self.finished.append(r)
+                    done.append(r)
         return done
 
-    def generate(self, prompts: list[list[int]], max_tokens, temperature: float = 0.0) -> list[list[int]]:
-        """Offline: all requests at once; returns each one's output tokens, in order."""
+    def generate(self, prompts: list[list[int]], max_tokens, temperature: float = 0.0, n: int = 1, **params):
+        """Offline: all requests at once; returns each one's output tokens, in order (for n > 1,
+        a list of the n samples' outputs per prompt). ``params``: as ``add_request``."""
         limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
-        reqs = [self.add_request(p, m, temperature) for p, m in zip(prompts, limits)]
+        reqs = [self.add_request(p, m, temperature, n=n, **params) for p, m in zip(prompts, limits)]
         while self.has_work:
             if not self._step_made_progress():
                 raise RuntimeError("No request could be scheduled (not enough free blocks for any waiting prompt).")
-        return [r.output for r in reqs]
+        return [r.output for r in reqs] if n == 1 else [[s.output for s in r.samples] for r in reqs]
