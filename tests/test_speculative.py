@@ -10,8 +10,8 @@ from lecture_lib.checkpoints import load_checkpoint
 from lecture_lib.config import ModelConfig
 from lecture_lib.decode import generate_cached
 from lecture_lib.decode import speculative as spec
-from lecture_lib.decode.speculative import (ModelDraft, NGramDraft, expected_speedup, expected_tokens_per_call,
-                                            layer_skip_draft, speculative_generate)
+from lecture_lib.decode.speculative import (ModelDraft, NGramDraft, enumerate_outcomes, expected_speedup,
+                                            expected_tokens_per_call, layer_skip_draft, speculative_generate)
 from lecture_lib.model import Transformer
 
 
@@ -22,38 +22,6 @@ def tiny(V=3, L=2, seed=0, dtype=torch.float64, S_max=32):
         for p in m.parameters():
             p.mul_(3)
     return m
-
-
-class _Branch(BaseException):  # BaseException: nothing in the library may catch it
-    def __init__(self, options):
-        self.options = options
-
-
-def enumerate_outcomes(run):
-    """Every outcome of ``run(choose)`` with its exact probability, by replaying each branch of
-    every random decision (``choose(probs)``) from the start."""
-    leaves = {}
-
-    def explore(path):
-        state = {"i": 0, "prob": 1.0}
-
-        def choose(dist):
-            i = state["i"]
-            if i == len(path):
-                raise _Branch([c for c in range(len(dist)) if dist[c] > 0])
-            state["i"], state["prob"] = i + 1, state["prob"] * float(dist[path[i]])
-            return path[i]
-
-        try:
-            outcome = run(choose)
-        except _Branch as b:
-            for c in b.options:
-                explore(path + [c])
-            return
-        leaves[outcome] = leaves.get(outcome, 0.0) + state["prob"]
-
-    explore([])
-    return leaves
 
 
 def target_sequence_probs(target, prompt, n, temperature):

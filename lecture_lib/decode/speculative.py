@@ -90,6 +90,40 @@ def verify(drafted: list[int], p: torch.Tensor, q: torch.Tensor, choose) -> tupl
     return len(drafted), choose(q[len(drafted)]), accept_probs
 
 
+class _Fork(BaseException):  # BaseException: no ``except Exception`` on the way may swallow it
+    def __init__(self, options):
+        self.options = options
+
+
+def enumerate_outcomes(run: Callable[[Callable[[torch.Tensor], int]], object]) -> dict:
+    """Every outcome of ``run(choose)`` with its exact probability: ``run`` makes all its random
+    decisions through ``choose(probs)``, and each branch of each decision is replayed from the
+    start (so ``run`` must be deterministic given its choices). For proving exactness on tiny
+    examples: the probabilities are products of the ``probs`` values, in float64."""
+    leaves: dict = {}
+
+    def explore(path):
+        state = {"i": 0, "prob": 1.0}
+
+        def choose(probs):
+            i = state["i"]
+            if i == len(path):
+                raise _Fork([c for c in range(len(probs)) if probs[c] > 0])
+            state["i"], state["prob"] = i + 1, state["prob"] * float(probs[path[i]])
+            return path[i]
+
+        try:
+            outcome = run(choose)
+        except _Fork as fork:
+            for c in fork.options:
+                explore(path + [c])
+            return
+        leaves[outcome] = leaves.get(outcome, 0.0) + state["prob"]
+
+    explore([])
+    return leaves
+
+
 # ---------------------------------------------------------------------------------------------
 # Models with a cache that rolls back
 
