@@ -27,6 +27,13 @@ The contract
     In every case slot s holds position s: the model derives the attention mask from the
     positions alone (key slot s is visible to a query at position p when s <= p).
 
+A cache that attends itself (optional)
+    A cache whose ``attends`` attribute is true (the serving engine's packed paged cache) is
+    handed the queries too: the model calls ``attend(layer, pos, q, k, v) -> y`` with q
+    [B N T H] and k, v [B K T H] after RoPE, and uses y [B N T H] in place of ``update``
+    followed by its own attention (and builds no mask). That is how a kernel reads keys where
+    they are stored instead of receiving a gathered copy.
+
 Who owns positions
     The caller. A cache never counts tokens: the generate functions (``lecture_lib.decode``)
     know where each sequence is and pass it in ``pos``. That is what lets one cache serve a

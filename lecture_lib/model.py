@@ -111,6 +111,8 @@ class Attention(nn.Module):
         k = rearrange(k, "B T (K H) -> B K T H", H=self.cfg.H)
         v = rearrange(v, "B T (K H) -> B K T H", H=self.cfg.H)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if getattr(cache, "attends", False):  # a cache that reads its keys in place attends itself
+            return self.wo(rearrange(cache.attend(layer, pos, q, k, v), "B N T H -> B T (N H)"))
         if cache is not None:
             k, v = cache.update(layer, pos, k, v)  # now [B K S H], S = positions so far
         # enable_gqa: query head n reads KV head n // G, without copying K and V G times.
@@ -201,8 +203,12 @@ class Transformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCacheProtocol | None = None, pos=0) -> torch.Tensor:
-        """Logits [B T V] for tokens [B T]. ``pos`` says where the tokens sit:
+    def forward(self, tokens: torch.Tensor, cache: KVCacheProtocol | None = None, pos=0,
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B T V] for tokens [B T] (or [B T' V] at the T' token indices ``logits_at``: a
+        serving engine that packs many prompts into one row needs only each prompt's last logits,
+        and the LM head over every token would be the biggest matrix of the step). ``pos`` says
+        where the tokens sit:
 
         - an int p (the simple case): every sequence's tokens are at p, p+1, ..., p+T-1. Without
           a cache the tokens attend causally to each other only, so p must be 0; with a cache the
@@ -245,10 +251,12 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[rope_at], self.rope_sin[rope_at]  # [T H], or [B T H]
         if positions.dim() == 2:
             cos, sin = cos[:, None], sin[:, None]  # B 1 T H: broadcast over heads
-        mask = attention_mask(positions, cache, T, pos)
+        mask = None if getattr(cache, "attends", False) else attention_mask(positions, cache, T, pos)
         x = self.tok_emb(tokens)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, cache, i, pos)
+        if logits_at is not None:
+            x = x[:, logits_at]
         return self.lm_head(self.norm(x))
 
     def num_params(self, include_embedding: bool = True) -> int:

@@ -27,15 +27,17 @@ def solo(model, prompt, n):
     return generate_cached(model, torch.tensor([prompt]), n).tokens[0].tolist()
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("block_size,num_blocks,prefix,budget", [
     (16, 64, True, 256), (1, 600, True, 256), (7, 64, False, 256), (4, 24, True, 256),
     (16, 64, True, 2), (7, 64, True, 3), (4, 24, False, 3)])
-def test_equal_to_solo_decoding(model, block_size, num_blocks, prefix, budget):
+def test_equal_to_solo_decoding(model, block_size, num_blocks, prefix, budget, packed):
     """Block sizes 1, 7 (dividing no prompt length) and 16; prefix caching on and off; a pool that
-    forces preemption (24 blocks of 4); token budgets of 2 and 3 that force chunked prefill."""
+    forces preemption (24 blocks of 4); token budgets of 2 and 3 that force chunked prefill; the
+    padded reference path and the packed one (PagedAttention per token, in PyTorch on the CPU)."""
     prompts, limits = workload()
     engine = Engine(model, num_blocks=num_blocks, block_size=block_size, max_num_seqs=4,
-                    max_tokens_per_step=budget, enable_prefix_caching=prefix)
+                    max_tokens_per_step=budget, enable_prefix_caching=prefix, packed=packed)
     engine.blocks.debug = True
     outputs = engine.generate(prompts, limits)
     for prompt, n, out in zip(prompts, limits, outputs):
@@ -90,3 +92,31 @@ def test_stop_tokens_and_ignore_eos(model):
         engine.add_request(prompt, 5, n=0)
     with pytest.raises(ValueError, match="Stop/EOS"):
         engine.add_request(prompt, 5, stop=[10**6])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the fast path: Triton kernel, CUDA graphs)")
+@pytest.mark.parametrize("budget", [256, 3])
+def test_fast_path_on_gpu_equals_solo_decoding(budget):
+    """The packed path with the Triton kernel, decode steps replayed from CUDA graphs (buckets
+    1, 2, 4, 8, padded with the null block), float32: the same tokens as solo decoding on the GPU,
+    also under preemption and chunked prefill."""
+    model = load_checkpoint("target").cuda()
+    prompts, limits = workload(n=8)
+    engine = Engine(model, num_blocks=24, block_size=4, max_num_seqs=8, max_tokens_per_step=budget)
+    assert engine.runner.graphs and engine.runner.packed
+    engine.blocks.debug = True
+    outputs = engine.generate(prompts, limits)
+    for prompt, n, out in zip(prompts, limits, outputs):
+        assert out == generate_cached(model, torch.tensor([prompt], device="cuda"), n).tokens[0].tolist()
+    assert engine.preemptions > 0 and engine.blocks.num_free_blocks == 24
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the compiled decode step)")
+def test_compiled_fast_path_on_gpu_equals_solo_decoding():
+    """The decode step through torch.compile (projections fused), graphs per bucket: same tokens."""
+    model = load_checkpoint("target").cuda()
+    prompts, limits = workload(n=8)
+    expected = [generate_cached(model, torch.tensor([p], device="cuda"), n).tokens[0].tolist()
+                for p, n in zip(prompts, limits)]
+    engine = Engine(model, num_blocks=64, block_size=16, max_num_seqs=8, compile=True)
+    assert engine.generate(prompts, limits) == expected

@@ -1,19 +1,29 @@
-"""Serving many requests at once: the pieces of a small engine (continuous batching, a paged KV
-cache, prefix caching). Built up in slices; what exists so far:
+"""Serving many requests at once: a small engine (continuous batching, a paged KV cache, prefix
+caching), and a simulator of it.
 
 - ``block_manager``: the pool of fixed-size KV blocks, per-sequence block tables, reference
   counts, prefix caching by chained hashes of full blocks (with least-recently-freed eviction)
   and copy-on-write for sequences that fork.
-- ``paged_cache``: ``PagedKVCache``, the cache protocol on that pool (the readable reference of
-  PagedAttention: gather a sequence's blocks, then attend).
-- ``engine``: ``Engine``, iteration-level scheduling (prefill and decode in one step, FCFS,
-  preemption by recompute) over the paged cache; ``generate`` for offline batches.
+- ``paged_cache``: ``PagedKVCache``, the cache protocol on that pool: the readable reference
+  (gather a sequence's blocks, then attend) and the packed mode that attends in place.
+- ``paged_attention``: PagedAttention for packed tokens, in PyTorch and as a Triton kernel.
+- ``runner``: ``ModelRunner``, one forward pass per step (padded or packed; CUDA graphs for
+  decode steps on a GPU).
+- ``engine``: ``Engine``, iteration-level scheduling (prefill and decode in one step, chunked
+  prefill, FCFS, preemption by recompute; or static batching) and the step-by-step interface.
+- ``llm``: ``LLM`` and ``SamplingParams``, the offline API.
+- ``simulator``: ``SimulatedEngine``, the same scheduler on a virtual clock with a roofline
+  cost per step; ``summarize`` for throughput, TTFT and TPOT.
+- ``bench``: the engine against sequential decoding (CPU) and the offline GPU benchmark.
 
 What does not live here: the model and its caches for one batch (``lecture_lib.model``,
 ``lecture_lib.cache``), and single-request decoding (``lecture_lib.decode``).
 """
 from .block_manager import BlockManager, NoFreeBlocks, Sequence
 from .engine import Engine, Request
+from .llm import LLM, Completion, SamplingParams
 from .paged_cache import PagedKVCache
+from .simulator import SimulatedEngine, StepCost, summarize
 
-__all__ = ["BlockManager", "NoFreeBlocks", "Sequence", "Engine", "Request", "PagedKVCache"]
+__all__ = ["BlockManager", "NoFreeBlocks", "Sequence", "Engine", "Request", "LLM", "Completion", "SamplingParams",
+           "PagedKVCache", "SimulatedEngine", "StepCost", "summarize"]

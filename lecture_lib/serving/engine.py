@@ -6,10 +6,19 @@ a prompt longer than what is left of the budget is split over several steps), ru
 **once** on the ragged batch (prefill chunks and decodes mixed), sample where a sequence's
 prompt is complete, and retire finished sequences. When the pool runs out of blocks a decode needs, the most recently admitted
 sequence is preempted by recompute: its blocks freed, the request back at the front of the queue.
-The readable version: greedy or temperature sampling; attention through ``PagedKVCache``.
+The model runs through a ``ModelRunner``: the readable padded path (any device) or the packed
+path with PagedAttention in place and CUDA graphs for decode steps (the default on a GPU).
+
+``policy="static"`` is the baseline continuous batching replaces: a batch is admitted together
+and nothing new joins until every member has finished (a finished member leaves, so its slot
+idles, the ragged picture of static batching).
+
+Every request records when it arrived, when each of its tokens was sampled and when it ended
+(``clock``: ``time.perf_counter`` by default; the simulator passes its virtual clock).
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -19,9 +28,10 @@ from ..decode.sampling import check_sampling, sample
 from ..model import Transformer
 from .block_manager import BlockManager, NoFreeBlocks, Sequence
 from .paged_cache import PagedKVCache
+from .runner import ModelRunner
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself: identity, not field-by-field equality (fast `in` and `remove`)
 class Request:
     prompt: list[int]
     max_tokens: int
@@ -37,6 +47,14 @@ class Request:
     stop: frozenset = frozenset()  # more token ids that end the request (kept, like EOS)
     n: int = 1                     # parallel samples: forked from this request when its prompt is done
     samples: list["Request"] = field(default_factory=list)  # the n requests (this one first), once forked
+    arrival_time: float = 0.0
+    token_times: list[float] = field(default_factory=list)  # when each output token was sampled
+    finish_time: float | None = None
+
+    @property
+    def ttft(self) -> float | None:
+        """Time to first token: arrival to the first sampled token (includes queueing and prefill)."""
+        return self.token_times[0] - self.arrival_time if self.token_times else None
 
     def ends_with_stop(self, token: int) -> bool:
         return token == self.eos_id or token in self.stop
@@ -44,21 +62,39 @@ class Request:
 
 class Engine:
     def __init__(self, model: Transformer, num_blocks: int = 256, block_size: int = 16, max_num_seqs: int = 32,
-                 max_tokens_per_step: int = 2048, enable_prefix_caching: bool = True):
-        self.model = model
+                 max_tokens_per_step: int = 2048, enable_prefix_caching: bool = True, *, policy: str = "continuous",
+                 packed: bool | None = None, cuda_graphs: bool | None = None, compile: bool = False,
+                 clock=time.perf_counter):
+        """``packed``/``cuda_graphs``: the fast path (default: on a CUDA device); ``compile``: its
+        decode step also through ``torch.compile`` (``ModelRunner``); ``policy``:
+        "continuous" (iteration-level) or "static" (a batch runs to its end before the next)."""
+        if policy not in ("continuous", "static"):
+            raise ValueError(f"policy must be 'continuous' or 'static', got {policy!r}.")
+        self.model, self.policy, self.clock = model, policy, clock
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
-        self.cache = PagedKVCache.for_model(model, num_blocks, block_size)
         self.max_num_seqs, self.max_tokens_per_step = max_num_seqs, max_tokens_per_step
+        if model is not None:  # the simulator has no model
+            self.cache = PagedKVCache.for_model(model, num_blocks, block_size)
+            on_gpu = self.cache.k.device.type == "cuda"
+            packed = on_gpu if packed is None else packed
+            self.runner = ModelRunner(model, self.cache, packed=packed, max_num_seqs=max_num_seqs,
+                                      cuda_graphs=packed and on_gpu if cuda_graphs is None else cuda_graphs,
+                                      compile=compile)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.finished: list[Request] = []
         self.preemptions, self.copies = 0, 0  # preempted requests; copy-on-write block copies
         self.last_step_tokens = 0
         self._next_id = 0
+        self._batch_open = True  # static policy: may the current batch still take requests?
+
+    @property
+    def cfg(self):
+        return self.model.cfg
 
     def add_request(self, prompt: list[int], max_tokens: int, temperature: float = 0.0,
                     eos_id: int | None = None, *, top_k: int | None = None, stop=(), n: int = 1,
-                    ignore_eos: bool = False) -> Request:
+                    ignore_eos: bool = False, arrival_time: float | None = None) -> Request:
         """Queue a request. ``n`` > 1: n samples of the same prompt, which share the prompt's blocks
         (copy-on-write when they diverge); ``stop``: token ids that end it besides ``eos_id``;
         ``ignore_eos``: generate ``max_tokens`` whatever is sampled."""
@@ -69,20 +105,21 @@ class Engine:
         check_sampling(temperature, top_k)
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n (samples per prompt) must be a positive integer, got {n!r}.")
-        V = self.model.cfg.V
+        V = self.cfg.V
         bad = [t for t in [*stop, *([] if eos_id is None else [eos_id])] if not isinstance(t, int) or not 0 <= t < V]
         if bad:
             raise ValueError(f"Stop/EOS token ids must lie in [0, {V}), got {bad}.")
-        if len(prompt) + max_tokens > self.model.cfg.S_max:
+        if len(prompt) + max_tokens > self.cfg.S_max:
             raise ValueError(f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) exceed the model's "
-                             f"S_max = {self.model.cfg.S_max}.")
+                             f"S_max = {self.cfg.S_max}.")
         if self.blocks.blocks_needed(len(prompt) + max_tokens) > len(self.blocks.blocks):
             raise ValueError(f"This request needs {self.blocks.blocks_needed(len(prompt) + max_tokens)} blocks "
                              f"at its longest; the pool has {len(self.blocks.blocks)}. It could never finish.")
         if not isinstance(self.max_tokens_per_step, int) or self.max_tokens_per_step < 1:
             raise ValueError(f"max_tokens_per_step must be a positive integer, got {self.max_tokens_per_step!r}.")
         req = Request(list(prompt), max_tokens, temperature, None if ignore_eos else eos_id, request_id=self._next_id,
-                      top_k=top_k, stop=frozenset() if ignore_eos else frozenset(stop), n=n)
+                      top_k=top_k, stop=frozenset() if ignore_eos else frozenset(stop), n=n,
+                      arrival_time=self.clock() if arrival_time is None else arrival_time)
         self._next_id += 1
         self.waiting.append(req)
         return req
@@ -129,7 +166,16 @@ class Engine:
             todo = req.seq.token_ids[req.num_computed:][:budget]
             batch.append((req, todo, req.num_computed))
             budget -= len(todo)
-        while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
+        if self.policy == "static":
+            if not self.running:
+                self._batch_open = True  # the last batch is over: form the next one
+            if not self._batch_open:
+                return batch  # static batching: the batch has formed; newcomers wait for its end
+        out_of_budget = False
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            if budget == 0:
+                out_of_budget = True  # (a static batch keeps forming next step)
+                break
             req = self.waiting[0]
             seq = Sequence(req.prompt + req.output)
             if not self.blocks.can_allocate(seq):
@@ -141,6 +187,8 @@ class Engine:
             todo = seq.token_ids[req.num_computed:][:budget]
             batch.append((req, todo, req.num_computed))
             budget -= len(todo)
+        if self.policy == "static" and not out_of_budget:
+            self._batch_open = False  # full, out of blocks, or nobody else waiting: closed
         return batch
 
     def _fork(self, req: Request) -> list[Request]:
@@ -150,7 +198,8 @@ class Engine:
         children = []
         for _ in range(req.n - 1):
             child = Request(req.prompt, req.max_tokens, req.temperature, req.eos_id, request_id=self._next_id,
-                            top_k=req.top_k, stop=req.stop, num_computed=req.num_computed)
+                            top_k=req.top_k, stop=req.stop, num_computed=req.num_computed,
+                            arrival_time=req.arrival_time)
             self._next_id += 1
             child.seq = Sequence(list(req.seq.token_ids))
             self.blocks.fork(req.seq, child.seq)
@@ -163,6 +212,42 @@ class Engine:
         self.step()
         return self.last_step_tokens > 0
 
+    def _forward(self, batch) -> torch.Tensor | None:
+        return self.runner.forward(batch)
+
+    def _sample(self, logits: torch.Tensor, rows: list[tuple[int, Request]]) -> list[int]:
+        """One token per (logits row, request): the rows with the same settings in one call, and
+        one device-to-host copy for the whole step."""
+        groups: dict[tuple, list[int]] = {}
+        for j, (_, r) in enumerate(rows):
+            groups.setdefault((r.temperature, r.top_k), []).append(j)
+        tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        for (temperature, top_k), js in groups.items():
+            picked = logits[torch.tensor([rows[j][0] for j in js], device=logits.device)]
+            tokens[torch.tensor(js, device=logits.device)] = sample(picked, temperature, top_k)
+        return tokens.tolist()
+
+    def _finish(self, req: Request, reason: str) -> None:
+        req.finish_reason, req.finish_time = reason, self.clock()
+        if req.seq is not None:
+            self.blocks.free(req.seq)
+            req.seq = None
+        if hasattr(self, "runner"):
+            self.runner.forget(req.request_id)
+        self.finished.append(req)
+
+    def abort(self, req: Request) -> None:
+        """Stop a request now (a client went away): its blocks go back to the pool at once.
+        Its samples too, if it was forked (n > 1). Finished requests are left alone."""
+        for r in req.samples or [req]:
+            if r.finish_reason is not None:
+                continue
+            if r in self.waiting:
+                self.waiting.remove(r)
+            if r in self.running:
+                self.running.remove(r)
+            self._finish(r, "abort")
+
     @torch.inference_mode()
     def step(self) -> list[Request]:
         """One iteration; returns the requests that finished in it."""
@@ -170,34 +255,26 @@ class Engine:
         self.last_step_tokens = sum(len(tokens) for _, tokens, _ in batch)  # tokens processed
         if not batch:
             return []
-        device = self.model.tok_emb.weight.device
-        T = max(len(tokens) for _, tokens, _ in batch)
-        x = torch.zeros(len(batch), T, dtype=torch.long, device=device)
-        pos = torch.full((len(batch), T), -1, dtype=torch.long, device=device)
-        for i, (_, tokens, start) in enumerate(batch):
-            x[i, :len(tokens)] = torch.tensor(tokens)
-            pos[i, :len(tokens)] = torch.arange(start, start + len(tokens))
-        self.cache.bind([req.seq.block_table for req, _, _ in batch])
-        logits = self.model(x, self.cache, pos)
-        last = torch.tensor([len(tokens) - 1 for _, tokens, _ in batch], device=device)
-        logits = logits[torch.arange(len(batch), device=device), last]  # [B V]: each row's last real token
-        done = []
+        logits = self._forward(batch)
+        rows = []  # (logits row, request) for every sequence whose prompt is complete
         for i, (req, tokens, start) in enumerate(batch):
             req.num_computed = start + len(tokens)
             self.blocks.commit(req.seq, req.num_computed)
             if req.num_computed < len(req.seq):
                 continue  # a prefill chunk: the prompt is not finished, nothing to sample yet
-            for r in self._fork(req) if req.n > 1 else [req]:
-                token = int(sample(logits[i:i + 1], r.temperature, r.top_k)[0])
+            rows += [(i, r) for r in (self._fork(req) if req.n > 1 else [req])]
+        done = []
+        if rows:
+            tokens = self._sample(logits, rows)
+            now = self.clock()
+            for (_, r), token in zip(rows, tokens):
                 r.output.append(token)
+                r.token_times.append(now)
                 r.seq.token_ids.append(token)
                 r.needs_slot = True
                 if len(r.output) >= r.max_tokens or r.ends_with_stop(token):
-                    r.finish_reason = "stop" if r.ends_with_stop(token) else "length"
-                    self.blocks.free(r.seq)
-                    r.seq = None
                     self.running.remove(r)
-                    self.finished.append(r)
+                    self._finish(r, "stop" if r.ends_with_stop(token) else "length")
                     done.append(r)
         return done
 
