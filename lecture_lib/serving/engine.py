@@ -60,6 +60,17 @@ class Request:
         return token == self.eos_id or token in self.stop
 
 
+@dataclass
+class StepRecord:
+    """What one step did, for plots and tests: when, which requests with how many tokens (a
+    prefill chunk or 1 for a decode), and the pool afterwards."""
+    start: float
+    end: float
+    batch: list[tuple[int, int]]  # (request_id, tokens fed)
+    free_blocks: int
+    preempted: list[int]          # request ids preempted while scheduling this step
+
+
 class Engine:
     def __init__(self, model: Transformer, num_blocks: int = 256, block_size: int = 16, max_num_seqs: int = 32,
                  max_tokens_per_step: int = 2048, enable_prefix_caching: bool = True, *, policy: str = "continuous",
@@ -87,6 +98,8 @@ class Engine:
         self.last_step_tokens = 0
         self._next_id = 0
         self._batch_open = True  # static policy: may the current batch still take requests?
+        self.log: list[StepRecord] = []  # one record per step that ran
+        self._preempted_now: list[int] = []
 
     @property
     def cfg(self):
@@ -134,6 +147,7 @@ class Engine:
         self.running.remove(victim)
         self.waiting.appendleft(victim)
         self.preemptions += 1
+        self._preempted_now.append(victim.request_id)
 
     def _schedule(self) -> list[tuple[Request, list[int], int]]:
         """(request, tokens to feed, position of the first) for this step, within the token budget.
@@ -251,6 +265,7 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[Request]:
         """One iteration; returns the requests that finished in it."""
+        start, self._preempted_now = self.clock(), []
         batch = self._schedule()
         self.last_step_tokens = sum(len(tokens) for _, tokens, _ in batch)  # tokens processed
         if not batch:
@@ -276,6 +291,8 @@ class Engine:
                     self.running.remove(r)
                     self._finish(r, "stop" if r.ends_with_stop(token) else "length")
                     done.append(r)
+        self.log.append(StepRecord(start, self.clock(), [(r.request_id, len(t)) for r, t, _ in batch],
+                                   self.blocks.num_free_blocks, self._preempted_now))
         return done
 
     def generate(self, prompts: list[list[int]], max_tokens, temperature: float = 0.0, n: int = 1, **params):
