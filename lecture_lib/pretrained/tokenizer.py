@@ -107,3 +107,50 @@ def from_hf_folder(folder) -> Tokenizer:
     eos = token_id("eos_token")
     return Tokenizer(tok, template, token_id("bos_token"), [] if eos is None else [eos],
                      source=f"Hugging Face tokenizer.json ({folder.name})")
+
+
+class ByteTokenizer:
+    """The series' trained checkpoints are byte-level (V = 256: a token is a UTF-8 byte), so
+    their tokenizer is UTF-8 itself. The same interface as ``Tokenizer``; no chat template and no
+    end-of-sequence token (those models were trained on raw text)."""
+
+    chat_template = None
+    bos_id = None
+    eos_ids: list[int] = []
+    source = "UTF-8 bytes (the series' byte-level checkpoints)"
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        raise ValueError("This model is a byte-level base model without a chat template: use /v1/completions "
+                         "with a plain-text prompt, or serve a chat model (--model smollm2-135m-instruct).")
+
+
+class IdTokenizer:
+    """For random-weight models (benchmarks), which have no vocabulary: prompts are token ids,
+    and each generated id reads back as a placeholder word " t<id>" so that a stream of text
+    still carries one chunk per token."""
+
+    chat_template = None
+    bos_id = None
+    eos_ids: list[int] = []
+
+    def __init__(self, V: int):
+        self.vocab_size = V
+        self.source = f"token ids (a random-weight model, V = {V})"
+
+    def encode(self, text: str) -> list[int]:
+        raise ValueError("This random-weight model has no tokenizer: send the prompt as a list of token ids.")
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return "".join(f" t{i}" for i in ids)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        raise ValueError("This random-weight model has no chat template: use /v1/completions with token ids.")

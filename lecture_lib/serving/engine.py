@@ -75,8 +75,9 @@ class Engine:
     def __init__(self, model: Transformer, num_blocks: int = 256, block_size: int = 16, max_num_seqs: int = 32,
                  max_tokens_per_step: int = 2048, enable_prefix_caching: bool = True, *, policy: str = "continuous",
                  packed: bool | None = None, cuda_graphs: bool | None = None, compile: bool = False,
-                 clock=time.perf_counter):
-        """``packed``/``cuda_graphs``: the fast path (default: on a CUDA device); ``compile``: its
+                 clock=time.perf_counter, log_steps: int | None = None):
+        """``packed``/``cuda_graphs``: the fast path (default: on a CUDA device); ``log_steps``: keep
+        only the last records in ``log`` (a server runs for days); ``compile``: its
         decode step also through ``torch.compile`` (``ModelRunner``); ``policy``:
         "continuous" (iteration-level) or "static" (a batch runs to its end before the next)."""
         if policy not in ("continuous", "static"):
@@ -95,10 +96,13 @@ class Engine:
         self.running: list[Request] = []
         self.finished: list[Request] = []
         self.preemptions, self.copies = 0, 0  # preempted requests; copy-on-write block copies
+        self.prompt_tokens = self.prefix_hit_tokens = 0  # admitted prompt tokens; those found in the prefix cache
         self.last_step_tokens = 0
         self._next_id = 0
         self._batch_open = True  # static policy: may the current batch still take requests?
-        self.log: list[StepRecord] = []  # one record per step that ran
+        # one record per step that ran; a long-running server keeps only the last log_steps
+        self.log: list[StepRecord] | deque[StepRecord] = [] if log_steps is None else deque(maxlen=log_steps)
+        self.steps = 0
         self._preempted_now: list[int] = []
 
     @property
@@ -195,6 +199,8 @@ class Engine:
             if not self.blocks.can_allocate(seq):
                 break
             self.blocks.allocate(seq)  # blocks for the whole prompt now: later chunks never wait for memory
+            self.prompt_tokens += len(seq)
+            self.prefix_hit_tokens += seq.num_cached_tokens
             self.waiting.popleft()
             req.seq, req.num_computed, req.needs_slot = seq, seq.num_cached_tokens, False
             self.running.append(req)
@@ -291,6 +297,7 @@ class Engine:
                     self.running.remove(r)
                     self._finish(r, "stop" if r.ends_with_stop(token) else "length")
                     done.append(r)
+        self.steps += 1
         self.log.append(StepRecord(start, self.clock(), [(r.request_id, len(t)) for r, t, _ in batch],
                                    self.blocks.num_free_blocks, self._preempted_now))
         return done
