@@ -15,6 +15,9 @@ caching), and a simulator of it.
 - ``simulator``: ``SimulatedEngine``, the same scheduler on a virtual clock with a roofline
   cost per step; ``summarize`` for throughput, TTFT and TPOT.
 - ``bench``: the engine against sequential decoding (CPU) and the offline GPU benchmark.
+- ``server``: the OpenAI-compatible HTTP server (``python -m lecture_lib.serve``); ``loadgen``:
+  the load generator with vLLM's metric definitions (``python -m lecture_lib.loadgen``). Both
+  need FastAPI/uvicorn/httpx and are imported on demand, not by this package.
 
 What does not live here: the model and its caches for one batch (``lecture_lib.model``,
 ``lecture_lib.cache``), and single-request decoding (``lecture_lib.decode``).

@@ -4,8 +4,9 @@ A step is a list of (request, tokens to feed, position of the first). Two ways t
 
 - **padded** (the readable reference, any device): a [B T] batch, short rows padded with
   position -1; the paged cache gathers each sequence's blocks and the model's own attention
-  masks by position. Costs B x (longest chunk) tokens, so a step mixing one long prompt chunk
-  with many decodes pays for the padding.
+  masks by position. The decodes run as one [B 1] batch and each prompt chunk as its own, so
+  that no decode is padded to a long chunk's length (one forward per group, not selective
+  batching's single one).
 - **packed** (the fast path, what vLLM and nano-vllm do): every token of the step in one row
   [1 T], no padding; each token carries its sequence's block table and PagedAttention reads
   the pool in place (``paged_attention``: Triton on a GPU). The LM head runs on the last token
@@ -89,6 +90,19 @@ class ModelRunner:
         return pad_sequence(rows, batch_first=True, padding_value=self.cache.null_block).to(self.device)
 
     def _forward_padded(self, batch) -> torch.Tensor:
+        """Decodes together as one [B 1] batch, each prompt chunk as its own [1 T] batch: padding
+        a decode row to a 1,000-token chunk would multiply the step's work by the batch size."""
+        decodes = [i for i, (_, tokens, _) in enumerate(batch) if len(tokens) == 1]
+        groups = ([decodes] if decodes else []) + [[i] for i, (_, t, _) in enumerate(batch) if len(t) > 1]
+        if len(groups) == 1:
+            return self._forward_group(batch)
+        logits = [None] * len(batch)
+        for group in groups:
+            for i, row in zip(group, self._forward_group([batch[i] for i in group])):
+                logits[i] = row
+        return torch.stack(logits)
+
+    def _forward_group(self, batch) -> torch.Tensor:
         T = max(len(tokens) for _, tokens, _ in batch)
         x = torch.zeros(len(batch), T, dtype=torch.long)
         pos = torch.full((len(batch), T), -1, dtype=torch.long)

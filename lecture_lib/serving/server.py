@@ -174,13 +174,21 @@ class AsyncEngine:
                 self.engine.abort(handle.req)
 
     def _run(self) -> None:
+        self.run_loop(lambda: False)
+
+    def run_loop(self, done) -> None:
+        """Serve commands and step the engine until ``stop()`` is called or ``done()`` is true;
+        then abort what is left. The CLI runs this in the main thread: PyTorch's CPU kernels
+        run about twice as slowly in a second thread on a small machine (its OpenMP workers
+        compete with the main thread's), and the engine is where the time goes."""
         while True:
             while True:
                 try:
                     self._command(self.commands.get_nowait())
                 except queue.Empty:
                     break
-            if self.stopping:
+            if self.stopping or done():
+                self.stopping = True
                 for handle in list(self.handles.values()):
                     self.engine.abort(handle.req)
                 self._publish()
@@ -308,17 +316,22 @@ class TextStream:
         return delta
 
 
-def build_app(async_engine: AsyncEngine, tokenizer, model_name: str):
+def build_app(async_engine: AsyncEngine, tokenizer, model_name: str, engine_thread: bool = True):
+    """``engine_thread``: the app starts the engine's thread on startup and stops it on shutdown
+    (tests, notebooks); False when the caller runs ``async_engine.run_loop`` itself (the CLI)."""
     engine = async_engine.engine
     S_max = engine.cfg.S_max
     eos = tokenizer.eos_ids[0] if tokenizer.eos_ids else None
 
     async def lifespan(app):
-        async_engine.start()
+        if engine_thread:
+            async_engine.start()
         yield
-        async_engine.stop()
+        if engine_thread:
+            async_engine.stop()
 
     app = FastAPI(title="lecture_lib server", lifespan=lifespan)
+    app.state.async_engine = async_engine
 
     @app.get("/health")
     async def health():
@@ -524,7 +537,7 @@ def load_model(name: str, device=None, dtype=None):
 def build_server(model, tokenizer, name: str, *, kv_cache_gb: float | None = None, block_size: int = 16,
                  max_num_seqs: int = 32, max_tokens_per_step: int = 2048, prefix_caching: bool = True,
                  policy: str = "continuous", max_waiting: int = 64, request_timeout: float = 600.0,
-                 compile: bool = False):
+                 compile: bool = False, engine_thread: bool = True):
     """The FastAPI app for a model. ``kv_cache_gb``: the KV pool's size (default: 1 GB on a CPU,
     40% of the free memory on a GPU), capped at what ``max_num_seqs`` sequences of the full
     context could ever use."""
@@ -537,7 +550,7 @@ def build_server(model, tokenizer, name: str, *, kv_cache_gb: float | None = Non
     num_blocks = max(1, min(most, int(kv_cache_gb * 1e9 // per_block)))
     engine = Engine(model, num_blocks, block_size, max_num_seqs, max_tokens_per_step, prefix_caching,
                     policy=policy, compile=compile, log_steps=10_000)
-    return build_app(AsyncEngine(engine, max_waiting, request_timeout), tokenizer, name)
+    return build_app(AsyncEngine(engine, max_waiting, request_timeout), tokenizer, name, engine_thread)
 
 
 def torch_free_bytes(device) -> int:
@@ -548,6 +561,7 @@ def torch_free_bytes(device) -> int:
 
 def main(argv=None):
     import argparse
+    import signal
 
     import uvicorn
     ap = argparse.ArgumentParser(prog="python -m lecture_lib.serve", description=__doc__.split("\n")[0])
@@ -574,11 +588,21 @@ def main(argv=None):
                        block_size=args.block_size, max_num_seqs=args.max_num_seqs,
                        max_tokens_per_step=args.max_tokens_per_step, prefix_caching=not args.no_prefix_caching,
                        policy=args.policy, max_waiting=args.max_waiting, request_timeout=args.request_timeout,
-                       compile=args.compile)
+                       compile=args.compile, engine_thread=False)
+    async_engine = app.state.async_engine
+    # HTTP in a thread, the engine in the main thread (see AsyncEngine.run_loop).
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_graceful_shutdown=args.graceful_seconds))
+    http = threading.Thread(target=server.run, name="http", daemon=True)
+    def shut_down(*_):  # Ctrl-C or SIGTERM: uvicorn stops accepting and drains in-flight requests,
+        server.should_exit = True  # which the engine keeps serving until the HTTP thread is done
+    signal.signal(signal.SIGINT, shut_down)
+    signal.signal(signal.SIGTERM, shut_down)
+    http.start()
     print(f"serving {args.served_model_name or name} on http://{args.host}:{args.port} "
           f"({args.policy} batching, max {args.max_num_seqs} sequences)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=args.graceful_seconds)
+    async_engine.run_loop(lambda: not http.is_alive())
+    http.join(timeout=5)
 
 
 class ServerThread:
