@@ -2,6 +2,7 @@
 engine's offline output, and faults (disconnects, bad input, overload, timeouts, shutdown) leave
 it serving with nothing leaked. Bounded: small models, at most 100 requests per test."""
 import asyncio
+import gc
 import json
 import threading
 import time
@@ -115,7 +116,7 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(server):
 def test_a_hundred_clients_a_third_disconnecting(server):
     """100 concurrent streams; every third client hangs up after two chunks. The server stays up,
     the others get every token, and afterwards every block is back and nothing is tracked."""
-    url, _ = server
+    url, app = server
 
     async def client(i, http):
         body = {"prompt": f"def function_{i}(", "max_tokens": 24, "temperature": 0, "stream": True,
@@ -142,6 +143,12 @@ def test_a_hundred_clients_a_third_disconnecting(server):
     s = wait_idle(url)
     assert s["in_flight"] == 0 and s["free_blocks"] == s["num_blocks"] and s["errors"] == 0
     assert httpx.get(url + "/health").json()["status"] == "ok"
+    # memory back to its baseline: nothing is kept per request once it is done
+    async_engine = app.state.async_engine
+    assert not async_engine.handles and async_engine.commands.empty() and not async_engine.engine.finished
+    gc.collect()
+    from lecture_lib.serving.server import Handle
+    assert not [o for o in gc.get_objects() if type(o) is Handle], "a finished request's handle is still alive"
 
 
 def test_queue_overflow_gets_503_and_accepted_requests_finish(target):

@@ -75,9 +75,10 @@ class Engine:
     def __init__(self, model: Transformer, num_blocks: int = 256, block_size: int = 16, max_num_seqs: int = 32,
                  max_tokens_per_step: int = 2048, enable_prefix_caching: bool = True, *, policy: str = "continuous",
                  packed: bool | None = None, cuda_graphs: bool | None = None, compile: bool = False,
-                 clock=time.perf_counter, log_steps: int | None = None):
+                 clock=time.perf_counter, log_steps: int | None = None, keep_finished: bool = True):
         """``packed``/``cuda_graphs``: the fast path (default: on a CUDA device); ``log_steps``: keep
-        only the last records in ``log`` (a server runs for days); ``compile``: its
+        only the last records in ``log``, and ``keep_finished=False``: keep no list of finished
+        requests (a server runs for days and its callers hold their own requests); ``compile``: its
         decode step also through ``torch.compile`` (``ModelRunner``); ``policy``:
         "continuous" (iteration-level) or "static" (a batch runs to its end before the next)."""
         if policy not in ("continuous", "static"):
@@ -95,6 +96,7 @@ class Engine:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.finished: list[Request] = []
+        self.keep_finished = keep_finished
         self.preemptions, self.copies = 0, 0  # preempted requests; copy-on-write block copies
         self.prompt_tokens = self.prefix_hit_tokens = 0  # admitted prompt tokens; those found in the prefix cache
         self.last_step_tokens = 0
@@ -254,7 +256,8 @@ class Engine:
             req.seq = None
         if hasattr(self, "runner"):
             self.runner.forget(req.request_id)
-        self.finished.append(req)
+        if self.keep_finished:
+            self.finished.append(req)
 
     def abort(self, req: Request) -> None:
         """Stop a request now (a client went away): its blocks go back to the pool at once.

@@ -549,7 +549,7 @@ def build_server(model, tokenizer, name: str, *, kv_cache_gb: float | None = Non
     most = max_num_seqs * -(-model.cfg.S_max // block_size)
     num_blocks = max(1, min(most, int(kv_cache_gb * 1e9 // per_block)))
     engine = Engine(model, num_blocks, block_size, max_num_seqs, max_tokens_per_step, prefix_caching,
-                    policy=policy, compile=compile, log_steps=10_000)
+                    policy=policy, compile=compile, log_steps=10_000, keep_finished=False)
     return build_app(AsyncEngine(engine, max_waiting, request_timeout), tokenizer, name, engine_thread)
 
 
