@@ -142,6 +142,8 @@ def test_a_hundred_clients_a_third_disconnecting(server):
     assert results.count("left") == 34 and all(r == 24 for r in results if r != "left")
     s = wait_idle(url)
     assert s["in_flight"] == 0 and s["free_blocks"] == s["num_blocks"] and s["errors"] == 0
+    steps = s["step_summary"]  # the engine's own step times, as /stats reports them
+    assert steps["prefill"]["steps"] > 0 and steps["decode"]["steps"] > 0 and steps["decode"]["median_ms"] > 0
     assert httpx.get(url + "/health").json()["status"] == "ok"
     # memory back to its baseline: nothing is kept per request once it is done
     async_engine = app.state.async_engine

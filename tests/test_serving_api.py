@@ -66,6 +66,20 @@ def test_timestamps_are_consistent(model):
     for r in reqs:
         assert len(r.token_times) == len(r.output) and r.token_times == sorted(r.token_times)
         assert r.arrival_time <= r.token_times[0] <= r.finish_time and r.ttft > 0
+    # each step's record spans the step: starts no earlier than the previous one ended, and
+    # every token sampled in it lies within it (a step's time is what notebook 10 reports)
+    for before, rec in zip(engine.log, engine.log[1:]):
+        assert before.end <= rec.start <= rec.end
+    for r in reqs:
+        for t in r.token_times:
+            assert any(rec.start <= t <= rec.end for rec in engine.log)
+    summary = engine.step_summary()
+    prefill = [rec for rec in engine.log if any(n > 1 for _, n in rec.batch)]
+    assert summary["prefill"]["steps"] == len(prefill) > 0
+    assert summary["decode"]["steps"] == len(engine.log) - len(prefill) > 0
+    assert summary["prefill"]["mean_tokens"] == sum(n for rec in prefill for _, n in rec.batch) / len(prefill)
+    durations = [(rec.end - rec.start) * 1e3 for rec in prefill]
+    assert min(durations) <= summary["prefill"]["median_ms"] <= max(durations)
 
 
 def test_abort_frees_blocks_and_the_others_finish(model):

@@ -18,6 +18,7 @@ Every request records when it arrived, when each of its tokens was sampled and w
 """
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -281,8 +282,8 @@ class Engine:
             return []
         logits = self._forward(batch)
         rows = []  # (logits row, request) for every sequence whose prompt is complete
-        for i, (req, tokens, start) in enumerate(batch):
-            req.num_computed = start + len(tokens)
+        for i, (req, tokens, first) in enumerate(batch):
+            req.num_computed = first + len(tokens)
             self.blocks.commit(req.seq, req.num_computed)
             if req.num_computed < len(req.seq):
                 continue  # a prefill chunk: the prompt is not finished, nothing to sample yet
@@ -304,6 +305,20 @@ class Engine:
         self.log.append(StepRecord(start, self.clock(), [(r.request_id, len(t)) for r, t, _ in batch],
                                    self.blocks.num_free_blocks, self._preempted_now))
         return done
+
+    def step_summary(self) -> dict:
+        """The logged steps in two kinds: ``decode`` (one token per sequence: a CUDA graph on a
+        GPU) and ``prefill`` (some prompt chunk in the step, mixed with any decodes): for each,
+        the count, median duration in ms and mean tokens fed."""
+        kinds: dict[str, list[tuple[float, int]]] = {"decode": [], "prefill": []}
+        for rec in list(self.log):  # a copy: a server's engine thread appends while this reads
+            kind = "decode" if all(n == 1 for _, n in rec.batch) else "prefill"
+            kinds[kind].append(((rec.end - rec.start) * 1e3, sum(n for _, n in rec.batch)))
+        out = {}
+        for kind, rows in kinds.items():
+            out[kind] = {"steps": len(rows), "median_ms": statistics.median(d for d, _ in rows) if rows else None,
+                         "mean_tokens": sum(t for _, t in rows) / len(rows) if rows else None}
+        return out
 
     def generate(self, prompts: list[list[int]], max_tokens, temperature: float = 0.0, n: int = 1, **params):
         """Offline: all requests at once; returns each one's output tokens, in order (for n > 1,

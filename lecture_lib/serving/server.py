@@ -123,7 +123,8 @@ class AsyncEngine:
                 "prefix_hit_rate": e.prefix_hit_tokens / e.prompt_tokens if e.prompt_tokens else 0.0,
                 "policy": e.policy, "max_num_seqs": e.max_num_seqs,
                 "max_tokens_per_step": e.max_tokens_per_step,
-                "prefix_caching": e.blocks.enable_prefix_caching, "errors": self.errors}
+                "prefix_caching": e.blocks.enable_prefix_caching, "errors": self.errors,
+                "step_summary": e.step_summary()}
 
     # ---- the engine thread -------------------------------------------------------------------
 
