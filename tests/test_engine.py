@@ -97,9 +97,10 @@ def test_stop_tokens_and_ignore_eos(model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the fast path: Triton kernel, CUDA graphs)")
 @pytest.mark.parametrize("budget", [256, 3])
 def test_fast_path_on_gpu_equals_solo_decoding(budget):
-    """The packed path with the Triton kernel, decode steps replayed from CUDA graphs (buckets
-    1, 2, 4, 8, padded with the null block), float32: the same tokens as solo decoding on the GPU,
-    also under preemption and chunked prefill."""
+    """The packed path with the Triton kernel, every step replayed from a CUDA graph (decode
+    buckets 1, 2, 4, 8; mixed-step token buckets up to the budget; padded with the null block),
+    float32: the same tokens as solo decoding on the GPU, also under preemption and chunked
+    prefill."""
     model = load_checkpoint("target").cuda()
     prompts, limits = workload(n=8)
     engine = Engine(model, num_blocks=24, block_size=4, max_num_seqs=8, max_tokens_per_step=budget)
@@ -109,6 +110,8 @@ def test_fast_path_on_gpu_equals_solo_decoding(budget):
     for prompt, n, out in zip(prompts, limits, outputs):
         assert out == generate_cached(model, torch.tensor([prompt], device="cuda"), n).tokens[0].tolist()
     assert engine.preemptions > 0 and engine.blocks.num_free_blocks == 24
+    counts = engine.runner.counts
+    assert counts["decode graph"] > 0 and counts["mixed graph"] > 0 and counts["eager"] == 0, counts
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the compiled decode step)")

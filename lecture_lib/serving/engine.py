@@ -93,7 +93,7 @@ class Engine:
             packed = on_gpu if packed is None else packed
             self.runner = ModelRunner(model, self.cache, packed=packed, max_num_seqs=max_num_seqs,
                                       cuda_graphs=packed and on_gpu if cuda_graphs is None else cuda_graphs,
-                                      compile=compile)
+                                      compile=compile, max_tokens_per_step=max_tokens_per_step)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.finished: list[Request] = []

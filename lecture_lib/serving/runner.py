@@ -10,10 +10,15 @@ A step is a list of (request, tokens to feed, position of the first). Two ways t
 - **packed** (the fast path, what vLLM and nano-vllm do): every token of the step in one row
   [1 T], no padding; each token carries its sequence's block table and PagedAttention reads
   the pool in place (``paged_attention``: Triton on a GPU). The LM head runs on the last token
-  of each sequence only. On a GPU a decode-only step (one token per sequence) replays a **CUDA
-  graph** captured for the next batch-size bucket up (1, 2, 4, 8, then steps of 16): the padding
-  rows point at the cache's null block. Graphs remove the launch overhead that would otherwise
-  dominate a decode step (see notebook 07); steps with prompt chunks run eagerly.
+  of each sequence only. On a GPU every step replays a **CUDA graph**: a decode-only step (one
+  token per sequence) the graph of the next batch-size bucket up (1, 2, 4, 8, then steps of
+  16), a step with prompt chunks (mixed with any decodes) the graph of the next token-count
+  bucket up (64, 128, 256, ... to the step's token budget), its logits taken at up to
+  ``max_num_seqs`` rows. The padding tokens point at the cache's null block. Graphs remove the
+  launch overhead that would otherwise dominate a step (see notebook 07): an eager step of a
+  1B model costs 10-20 ms of kernel launches on an H200 whatever its tokens, which would hide
+  everything a prefill saves (prefix caching) or spreads (chunked prefill). The price is the
+  padding, at most twice the tokens of a mixed step, and a second or two of capture.
 """
 from __future__ import annotations
 
@@ -26,22 +31,36 @@ from .paged_cache import PagedKVCache
 
 
 def graph_buckets(max_num_seqs: int) -> list[int]:
-    """Batch sizes that get a CUDA graph: 1, 2, 4, 8, 16, 32, 48, ... up to ``max_num_seqs``."""
+    """Batch sizes that get a decode CUDA graph: 1, 2, 4, 8, 16, 32, 48, ... up to ``max_num_seqs``."""
     sizes = [b for b in (1, 2, 4, 8) if b < max_num_seqs] + list(range(16, max_num_seqs, 16))
     return sizes + [max_num_seqs]
 
 
+def token_buckets(max_tokens_per_step: int, smallest: int = 64) -> list[int]:
+    """Token counts that get a mixed-step CUDA graph: 64, 128, 256, ... doubling, the last one
+    ``max_tokens_per_step`` (a step never feeds more)."""
+    sizes, T = [], smallest
+    while T < max_tokens_per_step:
+        sizes.append(T)
+        T *= 2
+    return sizes + [max_tokens_per_step]
+
+
 class ModelRunner:
     def __init__(self, model, cache: PagedKVCache, *, packed: bool, cuda_graphs: bool, max_num_seqs: int,
-                 compile: bool = False):
-        """``compile``: the decode step through ``torch.compile`` (dynamic batch size, so one
-        compilation serves every bucket) before its graphs are captured: Inductor fuses the
-        norms, RoPE and SwiGLU's elementwise work that eager runs as dozens of small kernels a
-        layer. Costs a compilation (about a minute) when the engine is built."""
+                 compile: bool = False, max_tokens_per_step: int | None = None):
+        """``compile``: the step through ``torch.compile`` (dynamic shapes, so one compilation
+        serves every bucket) before its graphs are captured: Inductor fuses the norms, RoPE and
+        SwiGLU's elementwise work that eager runs as dozens of small kernels a layer. Costs a
+        compilation (about a minute) when the engine is built. ``max_tokens_per_step``: the
+        largest mixed step that gets a graph (none: mixed steps run eagerly)."""
         self.model, self.cache, self.packed = model, cache, packed
         self.compile_seconds = 0.0
         self.device = model.tok_emb.weight.device
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}         # decode: B -> graph
+        self.mixed_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}   # mixed: T -> graph
+        self.max_num_seqs = max_num_seqs
+        self.counts = {"decode graph": 0, "mixed graph": 0, "eager": 0}  # how the steps ran
         self._tables: dict[int, tuple[int, int, torch.Tensor]] = {}  # request id -> (len, last block, table)
         if cuda_graphs:
             if not packed or self.device.type != "cuda":
@@ -51,7 +70,7 @@ class ModelRunner:
                 from ..decode.fast import fuse_projections_
                 fuse_projections_(model)  # Q, K, V in one GEMM; gate and up in one
                 self._decode = torch.compile(self._decode_step, dynamic=True)
-            self._capture(max_num_seqs)
+            self._capture(max_num_seqs, max_tokens_per_step)
         elif compile:
             raise ValueError("compile applies to the CUDA-graph decode step: it needs cuda_graphs=True.")
 
@@ -61,15 +80,21 @@ class ModelRunner:
             return self._forward_padded(batch)
         tables = self._block_tables(batch)
         if self.graphs and all(len(tokens) == 1 for _, tokens, _ in batch):
+            self.counts["decode graph"] += 1
             return self._replay(batch, tables)
         lengths = [len(tokens) for _, tokens, _ in batch]
-        x = torch.tensor([t for _, tokens, _ in batch for t in tokens], device=self.device)
-        pos = torch.tensor([p for _, tokens, start in batch for p in range(start, start + len(tokens))],
-                           device=self.device)
+        x = torch.tensor([t for _, tokens, _ in batch for t in tokens])
+        pos = torch.tensor([p for _, tokens, start in batch for p in range(start, start + len(tokens))])
         rows = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(lengths)).to(self.device)
-        last = torch.tensor(lengths).cumsum(0).to(self.device) - 1
+        last = torch.tensor(lengths).cumsum(0) - 1
+        T = len(x)
+        if self.mixed_graphs and T <= max(self.mixed_graphs) and len(batch) <= self.max_num_seqs:
+            self.counts["mixed graph"] += 1
+            return self._replay_mixed(x, pos, tables[rows], last)
+        self.counts["eager"] += 1
         self.cache.bind_packed(tables[rows])
-        return self.model(x[None], self.cache, pos[None], logits_at=last)[0]
+        return self.model(x.to(self.device)[None], self.cache, pos.to(self.device)[None],
+                          logits_at=last.to(self.device))[0]
 
     def forget(self, request_id: int) -> None:
         self._tables.pop(request_id, None)
@@ -116,18 +141,24 @@ class ModelRunner:
 
     # ---- CUDA graphs for decode-only steps ---------------------------------------------------
 
-    def _capture(self, max_num_seqs: int) -> None:
-        """One graph per bucket, largest first so that the smaller ones reuse its memory pool.
+    def _capture(self, max_num_seqs: int, max_tokens_per_step: int | None) -> None:
+        """One graph per bucket, largest first so that the smaller ones reuse its memory pool
+        (they never run at the same time, and each step's logits are sampled before the next).
         The static inputs start out pointing at the null block, so capturing writes nowhere that
         matters."""
         W = -(-self.model.cfg.S_max // self.cache.block_size)  # blocks of the longest sequence
-        self.x = torch.zeros(1, max_num_seqs, dtype=torch.long, device=self.device)
-        self.pos = torch.zeros(1, max_num_seqs, dtype=torch.long, device=self.device)
-        self.tables = torch.full((max_num_seqs, W), self.cache.null_block, dtype=torch.int32, device=self.device)
+        T_max = max(max_num_seqs, max_tokens_per_step or 0)
+        self.x = torch.zeros(1, T_max, dtype=torch.long, device=self.device)
+        self.pos = torch.zeros(1, T_max, dtype=torch.long, device=self.device)
+        self.tables = torch.full((T_max, W), self.cache.null_block, dtype=torch.int32, device=self.device)
+        self.last = torch.zeros(max_num_seqs, dtype=torch.long, device=self.device)  # mixed: logits rows
         pool = torch.cuda.graph_pool_handle()
-        for B in reversed(graph_buckets(max_num_seqs)):
-            def step(B=B):
-                return self._decode(self.x[:, :B], self.pos[:, :B], self.tables[:B])
+        mixed = token_buckets(max_tokens_per_step) if max_tokens_per_step else []
+        steps = [(self.mixed_graphs, T, lambda T=T: self._decode(self.x[:, :T], self.pos[:, :T], self.tables[:T],
+                                                                 self.last)) for T in reversed(mixed)]
+        steps += [(self.graphs, B, lambda B=B: self._decode(self.x[:, :B], self.pos[:, :B], self.tables[:B]))
+                  for B in reversed(graph_buckets(max_num_seqs))]
+        for graphs, size, step in steps:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             start = time.perf_counter()
@@ -139,12 +170,13 @@ class ModelRunner:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool), torch.inference_mode():
                 out = step()
-            self.graphs[B] = (graph, out)
+            graphs[size] = (graph, out)
         torch.cuda.synchronize()
 
-    def _decode_step(self, x, pos, tables):
+    def _decode_step(self, x, pos, tables, last=None):
+        """One step on static buffers: decode (logits at every token) or mixed (at ``last``)."""
         self.cache.bind_packed(tables)
-        return self.model(x, self.cache, pos)[0]
+        return self.model(x, self.cache, pos, logits_at=last)[0]
 
     def _replay(self, batch, tables: torch.Tensor) -> torch.Tensor:
         n = len(batch)
@@ -155,5 +187,20 @@ class ModelRunner:
         self.tables[:B] = self.cache.null_block  # padding rows (and the tail of shorter tables)
         self.tables[:n, :tables.shape[1]] = tables
         graph, out = self.graphs[B]
+        graph.replay()
+        return out[:n]
+
+    def _replay_mixed(self, x, pos, token_tables: torch.Tensor, last) -> torch.Tensor:
+        """A step with prompt chunks: its T tokens (host tensors) into the next bucket up; the
+        padding tokens sit at position 0 of the null block, the padding logits rows at token 0."""
+        T, n = len(x), len(last)
+        bucket = next(b for b in sorted(self.mixed_graphs) if b >= T)
+        self.x[0, :T], self.pos[0, :T] = x, pos
+        self.pos[0, T:bucket] = 0
+        self.tables[:bucket] = self.cache.null_block
+        self.tables[:T, :token_tables.shape[1]] = token_tables
+        self.last.zero_()
+        self.last[:n] = last
+        graph, out = self.mixed_graphs[bucket]
         graph.replay()
         return out[:n]
