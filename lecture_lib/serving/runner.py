@@ -16,8 +16,9 @@ A step is a list of (request, tokens to feed, position of the first). Two ways t
   bucket up (64, 128, 256, ... to the step's token budget), its logits taken at up to
   ``max_num_seqs`` rows. The padding tokens point at the cache's null block. Graphs remove the
   launch overhead that would otherwise dominate a step (see notebook 07): an eager step of a
-  1B model costs 10-20 ms of kernel launches on an H200 whatever its tokens, which would hide
-  everything a prefill saves (prefix caching) or spreads (chunked prefill). The price is the
+  Llama-3.2-1B-shape model took 14-24 ms on an H200 whether it fed 64 or 1,088 prompt tokens
+  (in a graph: 4.5 and 16.5 ms), which hid everything a prefill saves (prefix caching) or
+  spreads (chunked prefill). The price is the
   padding, at most twice the tokens of a mixed step, and a second or two of capture.
 """
 from __future__ import annotations

@@ -33,6 +33,7 @@ import httpx
 import matplotlib.pyplot as plt
 import numpy as np
 import openai
+import torch
 
 from lecture_lib import analysis, get_config
 from lecture_lib.measure import ceilings
@@ -162,6 +163,9 @@ for rate, m, s in zip(rates, runs["continuous"], sims["continuous"]):
 # %%
 ttft_p99 = [r["p99_ttft_ms"] for r in runs["continuous"]]
 print(f"p99 TTFT grows {ttft_p99[-1] / ttft_p99[0]:.0f}x from {rates[0]:g} to {rates[-1]:g} req/s")
+top, top_sim = runs["continuous"][-1]["output_throughput"], sims["continuous"][-1]["output_tok_per_s"]
+print(f"capacity (throughput at {rates[-1]:g} req/s): measured {top:,.0f} tok/s, simulator {top_sim:,.0f} tok/s "
+      f"(measured / simulator = {top / top_sim:.2f})")
 assert ttft_p99[-1] > 3 * ttft_p99[0], "past capacity, requests queue: p99 TTFT must grow by several times"
 assert all(r["failed"] == 0 for r in runs["continuous"])
 
@@ -171,8 +175,11 @@ assert all(r["failed"] == 0 for r in runs["continuous"])
 # more KV per step, and on a CPU also computes noticeably more) and throughput rises with R. Past the engine's capacity the batch is
 # full, throughput stops growing, and newcomers wait in the queue for a free sequence slot: TTFT
 # (and so E2EL) explodes, the knee. The simulator's lines show the same shape from the cost
-# model alone; where they part from the measurement, the first suspect is the assumption of a
-# constant overhead per step (compare notebook 09, section 6).
+# model alone. Where they part from the measurement (the capacity line above compares them),
+# the first suspect is its cost model: one constant overhead per step, fitted to an unloaded
+# decode, on top of the roofline. Steps that prefill cost more than that on a GPU (section 6
+# measures by how much and why), so there the simulator overestimates the capacity and
+# underestimates the queue (compare notebook 09, section 6).
 #
 # ## 3. Static vs continuous batching, under the same SLOs
 #
@@ -214,6 +221,44 @@ assert all(runs["continuous"][i]["p50_ttft_ms"] < 0.5 * runs["static"][i]["p50_t
 # binds, and the table above shows it rate by rate. Goodput, the rate of requests that meet
 # the SLOs, is the number a service is judged by.
 #
+# **At full size.** With `MAX_SEQS` sequences and a hundred requests, this section is a small
+# sketch. The benchmark `python -m lecture_lib.serving.slo` runs the comparison at scale on a
+# GPU: 256 sequences, rates up to hundreds of requests a second, 256-token prompts and 128-token
+# answers, against this server in both policies and against `transformers serve` (its own
+# continuous batching, with and without CUDA graphs) on the same random-weight model. Its stored
+# H200 run:
+
+# %%
+import json
+
+from lecture_lib.paths import data_path
+
+with open(data_path("reference/h200/serving_slo_h200.json")) as f:
+    slo_ref = json.load(f)
+print(f"{slo_ref['gpu']}, {slo_ref['model']}")
+print(f"highest rate (req/s) within p99 TPOT <= {slo_ref['slo_ms']['tpot']:g} ms | and p99 TTFT <= "
+      f"{slo_ref['slo_ms']['ttft']:g} ms   (+: still met at the highest rate tried)")
+def shown(b):
+    return "none" if b["rate"] is None else f"{b['rate']:g}" + ("+" if b["open_ended"] else "")
+for system, best_of in slo_ref["summary"].items():
+    print(f"  {system:20s} {shown(best_of['max_rate_tpot']):>6s} | {shown(best_of['max_rate_tpot_ttft']):>6s}")
+limit = {system: b["max_rate_tpot_ttft"]["rate"] for system, b in slo_ref["summary"].items()}
+print(f"with the queue in the SLO, continuous batching sustains {limit['continuous'] / limit['static']:.0f}x "
+      f"static batching's rate and {limit['continuous'] / limit['transformers-graphs']:.0f}x that of "
+      f"transformers serve with CUDA graphs")
+static_run = slo_ref["runs"][slo_ref["summary"]["static"]["run"]]
+at_limit = next(r for r in static_run["systems"]["static"]["runs"] if r["rate"] == limit["static"])
+out_len = static_run["settings"]["output_len"]
+print(f"a static batch of {out_len}-token answers lasts about {out_len * at_limit['p50_tpot_ms']:.0f} ms "
+      f"({out_len} x the median TPOT of {at_limit['p50_tpot_ms']:.1f} ms at {limit['static']:g} req/s)")
+
+# %% [markdown]
+# TPOT alone does not separate the policies: a static batch never slows a request that has
+# started, and the overload waits in the queue, which only TTFT sees. With TTFT in the SLO,
+# static batching fails early: a request may wait for a whole batch, which lasts about as long
+# as the TTFT SLO (the last line above). `transformers serve` misses the TPOT SLO at every rate
+# without CUDA graphs, and with them it holds both SLOs up to the rate shown.
+#
 # ## 4. Chunked prefill: a long prompt must not freeze the others
 #
 # A mix: short chat-like requests streaming their answers, and every few requests a long
@@ -233,32 +278,37 @@ for budget in (LONG + 512, 128):
     server.stop()
     server = ServerProcess(*engine_args, "--max-tokens-per-step", str(budget))
     chunking[budget] = r = loadgen.run(server.url, mixed, rate=env.size(cpu=1, gpu=16), progress=False)
+    r["steps"] = server.stats()["step_summary"]["prefill"]  # the engine's own steps that carried prompt tokens
     ttft_of = {kind: np.median([x["ttft"] for x in r["results"] if x["ok"] and (x["prompt_tokens"] >= LONG) == is_long])
                for kind, is_long in (("short", False), ("long", True))}
     r["ttft_long_ms"], r["ttft_short_ms"] = ttft_of["long"] * 1e3, ttft_of["short"] * 1e3
     print(f"token budget {budget:>5}: ITL p50 {r['p50_itl_ms']:6.1f} ms, p99 {r['p99_itl_ms']:7.1f} ms; "
-          f"median TTFT {r['ttft_short_ms']:6.0f} ms (short prompts), {r['ttft_long_ms']:6.0f} ms (long prompts)")
+          f"median TTFT {r['ttft_short_ms']:6.0f} ms (short prompts), {r['ttft_long_ms']:6.0f} ms (long prompts); "
+          f"{r['steps']['steps']} steps with prompt tokens, median {r['steps']['median_ms']:.1f} ms, "
+          f"{r['steps']['mean_tokens']:.0f} tokens on average")
 
 # %%
 whole, chunked = chunking[LONG + 512], chunking[128]
 print(f"p99 inter-token latency: {whole['p99_itl_ms']:.0f} ms with whole prompts in a step, "
       f"{chunked['p99_itl_ms']:.0f} ms with 128-token chunks ({whole['p99_itl_ms'] / chunked['p99_itl_ms']:.1f}x)")
-prefill_ms = StepCost(cfg, bandwidth, peak, bytes_per_value=elt).seconds([(0, LONG)]) * 1e3  # roofline alone
-if prefill_ms > chunked["p99_itl_ms"]:  # a long prompt's prefill is bigger than the worst gap left by chunking
+# a whole long prompt's prefill takes at most its TTFT there (which also holds its queueing)
+if whole["ttft_long_ms"] > chunked["p99_itl_ms"]:  # bigger than the worst gap that chunking leaves
     assert chunked["p99_itl_ms"] < whole["p99_itl_ms"], "chunks must shorten the gaps that whole prefills cause"
 else:
-    print(f"check skipped: a {LONG}-token prefill costs {prefill_ms:.0f} ms at the roofline, less than the worst "
-          f"gap even with chunking ({chunked['p99_itl_ms']:.0f} ms): here the gaps are step overhead, not prefill")
+    print(f"check skipped: a whole {LONG}-token prompt's median TTFT ({whole['ttft_long_ms']:.0f} ms) is under "
+          f"the worst gap even with chunking ({chunked['p99_itl_ms']:.0f} ms): the gaps are not prefill here")
 
 # %% [markdown]
-# Where a long prompt's prefill is what makes a step slow, the worst inter-token gap shrinks
-# with chunking: a decode never waits for more than a 128-token slice of someone else's prompt.
-# (Where it is not, as on a GPU with this engine, whose mixed steps run eagerly outside the CUDA
-# graphs and cost their launch overhead whatever the prompt, chunking has nothing to cut, and
-# the check above says so.) The price, where there is one, falls on the long
-# prompts, whose prefill now spreads over several steps, each shared with the decodes: compare
-# their TTFT in the two lines above (it also depends on how much they queue). Sarathi-Serve
-# reports 2.6× serving capacity from this trade under latency targets.
+# A long prompt's prefill makes its step slow, and every streaming request waits for that step:
+# with chunking the worst inter-token gap shrinks (the check above), because a decode never waits
+# for more than a 128-token slice of someone else's prompt. The step counts show the mechanism:
+# with the small budget more steps carry prompt tokens, with fewer tokens each on average: the
+# long prompts are spread out. (On a GPU every step here, with prompt tokens or not, replays
+# a CUDA graph: an eager step is bound by its kernel launches whatever its tokens, notebook 07,
+# and would hide the effect.) The price falls on the long prompts, whose prefill now spreads
+# over several steps, each shared with the decodes: compare their TTFT in the two lines above
+# (it also depends on how much they queue). Sarathi-Serve reports 2.6× serving capacity from
+# this trade under latency targets.
 #
 # ## 5. Prefix caching on a shared-prefix workload
 #
@@ -276,27 +326,31 @@ for caching in (True, False):
     server.stop()
     server = ServerProcess(*engine_args, *([] if caching else ["--no-prefix-caching"]))
     r = loadgen.run(server.url, shared, rate=env.size(cpu=2, gpu=16), progress=False)
-    r["hit_rate"] = server.stats()["prefix_hit_rate"]
+    stats = server.stats()
+    r["hit_rate"], r["steps"] = stats["prefix_hit_rate"], stats["step_summary"]["prefill"]
     prefix_runs[caching] = r
     print(f"prefix caching {'on ' if caching else 'off'}: hit rate {r['hit_rate']:.0%} of prompt tokens, "
-          f"TTFT p50 {r['p50_ttft_ms']:6.0f} ms, p99 {r['p99_ttft_ms']:6.0f} ms")
+          f"TTFT p50 {r['p50_ttft_ms']:6.0f} ms, p99 {r['p99_ttft_ms']:6.0f} ms; steps with prompt tokens: "
+          f"median {r['steps']['median_ms']:.1f} ms, {r['steps']['mean_tokens']:.0f} tokens on average")
 
 # %%
 on, off = prefix_runs[True], prefix_runs[False]
 print(f"median TTFT {off['p50_ttft_ms'] / on['p50_ttft_ms']:.1f}x lower with prefix caching")
 assert on["hit_rate"] > 0.5 and off["hit_rate"] == 0
-n_prefix = len(shared[0][0]["prompt"]) - env.size(cpu=32, gpu=64)
-saved_ms = StepCost(cfg, bandwidth, peak, bytes_per_value=elt).seconds([(0, n_prefix)]) * 1e3  # prefill skipped
+assert on["steps"]["mean_tokens"] < off["steps"]["mean_tokens"], "cached prefix tokens are not fed again"
+saved_ms = off["steps"]["median_ms"] - on["steps"]["median_ms"]  # measured: what a prefill step no longer costs
+print(f"a step with prompt tokens takes {saved_ms:.1f} ms less with prefix caching")
 if saved_ms > 0.1 * off["p50_ttft_ms"]:  # the skipped prefill is a real part of TTFT here
     assert on["p50_ttft_ms"] < off["p50_ttft_ms"]
 else:
-    print(f"TTFT check skipped: the skipped prefill ({saved_ms:.1f} ms at the roofline) is under a tenth of the "
-          f"TTFT ({off['p50_ttft_ms']:.0f} ms), which step overhead dominates on this device")
+    print(f"TTFT check skipped: the steps got {saved_ms:.1f} ms shorter, under a tenth of the median TTFT "
+          f"({off['p50_ttft_ms']:.0f} ms), which other time (queueing, request overhead) dominates here")
 
 # %% [markdown]
-# Most prompt tokens hit the cache (the first request of each prefix computes it), and where
-# TTFT is mostly prefill (the check above says whether it is here), it falls with the work
-# skipped. This is why vLLM, SGLang and the API
+# Most prompt tokens hit the cache (the first request of each prefix computes it), so a step
+# that admits a request feeds only its suffix and gets shorter (measured above), and where
+# that step is a real part of TTFT (the check above says whether it is here), TTFT falls with
+# the work skipped. This is why vLLM, SGLang and the API
 # providers cache prefixes (and charge less for cached input tokens).
 #
 # ## 6. TTFT is a function of the prefill
@@ -335,13 +389,37 @@ print(f"{lengths[-1]} prompt tokens instead of {lengths[0]} add {added:.1f} ms t
       f"(the roofline: {predicted:.1f} ms of extra prefill; measured / model = {added / predicted:.2f})")
 assert added > 0.5 * predicted, "a longer prompt must take longer: at least half the roofline's extra prefill time"
 
+# %%
+# Where a prefill's time goes past the roofline on a GPU: its attention, timed alone. The
+# engine's PagedAttention kernel (notebook 09) gives each query token its own program, which
+# reads that token's keys from the pool: right for decodes, but a prefill of n tokens then reads
+# about n²/2 key and value rows per head, where a FlashAttention-style prefill kernel reads each
+# tile of keys once for a whole tile of queries.
+if env.on_gpu:
+    from lecture_lib.measure.timing import graph_seconds
+    from lecture_lib.serving.paged_attention import paged_attention
+    n, bs = lengths[-1], 16
+    pool = torch.randn(-(-n // bs), cfg.K, bs, cfg.H, device=env.device, dtype=env.dtype)
+    q = torch.randn(n, cfg.N, cfg.H, device=env.device, dtype=env.dtype)
+    tables = torch.arange(pool.shape[0], dtype=torch.int32, device=env.device)[None].expand(n, -1).contiguous()
+    attention_ms = graph_seconds(paged_attention, q, pool, pool, tables,
+                                 torch.arange(1, n + 1, device=env.device)) * cfg.L * 1e3
+    print(f"the attention of a {n}-token prefill, all {cfg.L} layers: {attention_ms:.1f} ms on this kernel; "
+          f"the measured extra TTFT exceeds the roofline's by {added - predicted:.1f} ms")
+else:
+    print("(on a GPU this cell times the prefill's attention kernel alone)")
+
 # %% [markdown]
 # Short prompts cost little more than one step plus the request's own overhead (HTTP,
 # tokenization, scheduling); long ones add time with their FLOPs, 2 × parameters × tokens plus
-# attention, as the roofline says (the check above compares the time a long prompt adds, so
+# attention, as the roofline says (the check compares the time a long prompt adds, so
 # that the constant overhead cancels). Where the measured points sit above the model line, the
-# gap is that per-request overhead, and where the added time exceeds the model's, a sustained
-# compute rate below the matmul benchmark's.
+# gap at short prompts is that per-request overhead, a few milliseconds that vary from request
+# to request: the shortest prompt is measured first, on a freshly started server, and the median
+# of three requests does not always hide that (compare the lowest rate in section 2). Where the added time exceeds the model's,
+# the last cell (on a GPU) says how much of the excess is the attention kernel: a
+# decode kernel doing a prefill's job (serving engines run prefills through a FlashAttention
+# kernel for this reason), and what remains is a sustained matmul rate below the benchmark's.
 # That is why long prompts dominate TTFT, why chunking them trades their TTFT for everyone's
 # ITL, and why a cached prefix is worth so much.
 #
@@ -350,13 +428,15 @@ assert added > 0.5 * predicted, "a longer prompt must take longer: at least half
 #   generator measures TTFT, TPOT, ITL, E2EL and goodput exactly as vLLM's `bench serve` does.
 # - Latency is flat until the engine's capacity, then TTFT explodes with the queue (the knee);
 #   throughput stops growing there. The simulator, from the roofline and one fitted overhead,
-#   predicts the shape.
+#   predicts the shape; where steps that prefill cost more than its model, it overestimates
+#   the capacity (the printed ratio).
 # - Continuous batching admits a newcomer at the next step, static batching at the end of the
 #   current batch: below capacity static's TTFT is a whole request's duration. Goodput under
 #   the same SLOs is compared rate by rate above.
 # - Chunked prefill bounds the inter-token latency that a long prompt inflicts on the others.
 # - Prefix caching skips the shared prefill and cuts TTFT on shared-prefix workloads.
-# - TTFT is the prefill: flat for short prompts, growing with FLOPs for long ones.
+# - TTFT is the prefill: for short prompts mostly the request's own overhead, for long ones
+#   growing with the FLOPs (and, on a GPU, with this engine's decode-style attention kernel).
 #
 # ## Exercises
 # 1. Run `python -m lecture_lib.serve` in a terminal and `python -m lecture_lib.loadgen --sweep
