@@ -136,9 +136,11 @@ assert len(continuous[0].log) < len(static[0].log)
 # closes the gaps: the next request's prefill (orange) lands in the step after a slot frees, in
 # the same forward pass as the others' decodes. Fewer steps for the same tokens, and every
 # request's answer is identical to decoding it alone. (The wall times printed need not follow
-# the steps for a model this small: on a GPU a step that carries a prompt chunk runs eagerly,
-# outside the CUDA graphs that replay decode steps, and continuous batching has more such
-# steps. Throughput is measured properly in section 6.)
+# the steps for a model this small: a step that carries a prompt chunk costs more than a decode
+# step, and continuous batching has more such steps. In the run stored here such steps still
+# ran eagerly on the GPU, outside the CUDA graphs that replayed the decode steps; the engine now
+# replays a graph for them too (`serving.runner`), which narrows the gap. Throughput is
+# measured properly in section 6.)
 #
 # ## 2. Inside one step: selective batching
 #
