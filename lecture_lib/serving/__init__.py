@@ -7,8 +7,8 @@ caching), and a simulator of it.
 - ``paged_cache``: ``PagedKVCache``, the cache protocol on that pool: the readable reference
   (gather a sequence's blocks, then attend) and the packed mode that attends in place.
 - ``paged_attention``: PagedAttention for packed tokens, in PyTorch and as a Triton kernel.
-- ``runner``: ``ModelRunner``, one forward pass per step (padded or packed; CUDA graphs for
-  decode steps on a GPU).
+- ``runner``: ``ModelRunner``, one forward pass per step (padded or packed; on a GPU a CUDA
+  graph for every step: decode steps by batch size, mixed steps by token count).
 - ``engine``: ``Engine``, iteration-level scheduling (prefill and decode in one step, chunked
   prefill, FCFS, preemption by recompute; or static batching) and the step-by-step interface.
 - ``llm``: ``LLM`` and ``SamplingParams``, the offline API.
