@@ -34,6 +34,22 @@ def test_greedy_equals_the_targets_own_greedy_tokens(trained, dtype):
         m.float()
 
 
+def test_compiled_forwards_trace_whole_and_give_the_same_tokens(trained):
+    """compile: both models' forwards through torch.compile (fullgraph, so a graph break fails
+    here); aot_eager checks the tracing without Inductor's code generation, which the GPU test
+    below covers. set_k keeps the compiled forwards (the target's token count is dynamic)."""
+    import copy
+    target, draft = (copy.deepcopy(m) for m in trained)  # compile fuses their projections
+    prompt = torch.tensor([list(PROMPT)])
+    reference = generate_cached(trained[0], prompt, 24).tokens
+    spec = FastSpeculativeGenerator(target, draft, k=2, S_max=128, compile="aot_eager")
+    for k in (2, 5):
+        spec.set_k(k)
+        assert torch.equal(spec.generate(prompt, 24).tokens, reference), f"k={k}"
+    with pytest.raises(ValueError, match="positive integer"):
+        spec.set_k(0)
+
+
 def test_a_generator_is_reusable_and_rounds_never_overshoot(trained):
     target, draft = trained
     spec = FastSpeculativeGenerator(target, draft, k=4, S_max=128)

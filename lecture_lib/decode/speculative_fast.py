@@ -28,6 +28,14 @@ token history, so it needs the tokens on the host every round: it stays on the r
 Greedy at temperature 0, else sampled (temperature, top-k); both are fixed per generator, since
 the graph is recorded for one of them. On a CPU the same round function runs eagerly (tests).
 
+``compile``: the two models' forwards through ``torch.compile`` (projections fused, no CUDA
+graphs of its own) before the round is captured, so that the graph replays Inductor's fused
+kernels instead of the dozens of small kernels an eager layer launches: on a GPU those cost
+tens of microseconds a layer even inside a graph, which makes a small draft cost far more than
+its bytes. The draft is compiled for its two shapes ([1 2] and [1 1]), the target with a dynamic
+token count, so ``set_k`` changes k without compiling the target again. A string names the
+backend (``"aot_eager"``: the tests' quick check that the forwards trace whole).
+
 ``simulate_alpha`` (benchmarks only): accept each drafted token with probability alpha instead of
 comparing the two models, for random-weight models of real shapes whose own acceptance means
 nothing; the round still does all its work (draft steps, verification, the draws), so its time
@@ -35,6 +43,7 @@ is real, but the tokens are then not the target's. Never use it for output.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -43,6 +52,7 @@ import torch
 from ..cache.static import StaticKVCache
 from ..devices import synchronize
 from ..model import Transformer
+from .fast import fuse_projections_
 from .plain import check_ids
 from .result import Generation
 from .sampling import check_sampling, top_k_filter
@@ -65,7 +75,7 @@ class FastSpeculativeGenerator:
 
     def __init__(self, target: Transformer, draft: Transformer, k: int = 4, S_max: int | None = None, *,
                  temperature: float = 0.0, top_k: int | None = None, graphs: bool | None = None,
-                 simulate_alpha: float | None = None):
+                 simulate_alpha: float | None = None, compile: bool | str = False):
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k (tokens drafted per round) must be a positive integer, got {k!r}.")
         if not isinstance(draft, Transformer):
@@ -94,15 +104,43 @@ class FastSpeculativeGenerator:
         self._prev = torch.zeros(1, dtype=long, device=dev)  # the token at position P - 1
         self._cur = torch.zeros(1, dtype=long, device=dev)   # the token at P, in neither cache yet
         self._P = torch.zeros(1, dtype=long, device=dev)
-        self._out = torch.zeros(S_max + k + 1, dtype=long, device=dev)  # new tokens, k + 1 of slack
         self._out_len = torch.zeros(1, dtype=long, device=dev)
         self._round = torch.zeros(1, dtype=long, device=dev)
         self._accepted = torch.zeros(S_max + 1, dtype=long, device=dev)      # per round, 0..k
-        self._overlap = torch.zeros(S_max + 1, k, dtype=torch.float32, device=dev)  # 1 - TV per position
-        self._arange = torch.arange(k + 1, device=dev)
         self.graphs = (self.device.type == "cuda") if graphs is None else graphs
         self._graph = None
         self.capture_seconds: float | None = None
+        self._draft_fwd, self._target_fwd = self._draft_forward, self._target_forward
+        if compile:
+            backend = compile if isinstance(compile, str) else "inductor"
+            fuse_projections_(self.target)
+            fuse_projections_(self.draft)
+            if backend == "inductor" and self.device.type == "cuda":
+                from .fast import _set_inductor_flags
+                _set_inductor_flags()
+            self._draft_fwd = torch.compile(self._draft_forward, fullgraph=True, dynamic=False, backend=backend)
+            self._target_fwd = torch.compile(self._target_forward, fullgraph=True, dynamic=True, backend=backend)
+        self.set_k(k)
+
+    def set_k(self, k: int) -> None:
+        """Draft k tokens a round from now on (the caches and compiled forwards are kept; the
+        round's graph is recorded again at the next ``generate``)."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k (tokens drafted per round) must be a positive integer, got {k!r}.")
+        dev = self.device
+        self.k = k
+        self._out = torch.zeros(self.S_max + k + 1, dtype=torch.long, device=dev)  # new tokens, k + 1 of slack
+        self._overlap = torch.zeros(self.S_max + 1, k, dtype=torch.float32, device=dev)  # 1 - TV per position
+        self._arange = torch.arange(k + 1, device=dev)
+        self._graph = None
+
+    # -- the two models' forwards (compiled when asked) ----------------------------------------------
+
+    def _draft_forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.draft(x, self.d_cache, pos)[0, -1]  # [V]: the logits after the last token
+
+    def _target_forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.target(x, self.t_cache, pos)[0]  # [T V]
 
     # -- one round, all on the device ----------------------------------------------------------------
 
@@ -124,7 +162,7 @@ class FastSpeculativeGenerator:
         pos = torch.cat([P - 1, P])
         drafts, p_rows = [], []
         for i in range(k):
-            logits = self.draft(x, self.d_cache, pos)[0, -1]  # [V]
+            logits = self._draft_fwd(x, pos)  # [V]
             if greedy:
                 d = logits.argmax(-1, keepdim=True)
             else:
@@ -135,7 +173,7 @@ class FastSpeculativeGenerator:
             x, pos = d.view(1, 1), P + (i + 1)
         d = torch.cat(drafts)  # [k]
         # 2. The target scores [cur, d_1 .. d_k] at P .. P + k in one forward.
-        logits = self.target(torch.cat([self._cur, d]).view(1, k + 1), self.t_cache, P + self._arange)[0]  # [k+1 V]
+        logits = self._target_fwd(torch.cat([self._cur, d]).view(1, k + 1), P + self._arange)  # [k+1 V]
         # 3. Accept or reject each d_i; n = the accepted prefix's length.
         if greedy:
             best = logits.argmax(-1)  # [k+1]
@@ -178,16 +216,24 @@ class FastSpeculativeGenerator:
         self._reset(1)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(stream):
-            for _ in range(2):
+        with torch.no_grad(), torch.cuda.stream(stream), self._attention_context():
+            for _ in range(2):  # the first traces and compiles the forwards, when compiling
                 self._round_fn()
         torch.cuda.current_stream().wait_stream(stream)
         self._reset(1)
         self._graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self._graph):
+        with torch.no_grad(), torch.cuda.graph(self._graph), self._attention_context():
             self._round_fn()
         torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - t0
+
+    def _attention_context(self):
+        """Compiled on CUDA: SDPA's math backend at trace time, so that Inductor generates the
+        attention of these few query tokens itself (as ``FastGenerator`` does for decode)."""
+        if self._target_fwd is self._target_forward or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        return sdpa_kernel(SDPBackend.MATH)
 
     def _reset(self, T0: int) -> None:
         self._P.fill_(T0)
@@ -198,7 +244,7 @@ class FastSpeculativeGenerator:
         if self._graph is not None:
             self._graph.replay()
         else:
-            with torch.no_grad():
+            with torch.no_grad(), self._attention_context():
                 self._round_fn()
 
     # -- generation ---------------------------------------------------------------------------------
