@@ -146,3 +146,19 @@ def test_graph_replay_equals_the_eager_round_on_a_gpu(trained):
     assert torch.equal(graph.tokens, generate_cached(target, prompt.cuda(), 40).tokens.cpu())
     for m in trained:
         m.cpu()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Inductor's kernels in the round's graph)")
+def test_compiled_round_on_a_gpu_gives_the_targets_greedy_tokens(trained):
+    """compile=True: Inductor-compiled forwards captured in the round's CUDA graph, fp32, k changed
+    with set_k (the target compiled once, with a dynamic token count)."""
+    import copy
+    target, draft = (copy.deepcopy(m).cuda() for m in trained)
+    prompt = torch.tensor([list(PROMPT)])
+    reference = generate_cached(trained[0].cuda(), prompt.cuda(), 40).tokens.cpu()
+    spec = FastSpeculativeGenerator(target, draft, k=2, S_max=128, compile=True)
+    for k in (2, 4):
+        spec.set_k(k)
+        assert torch.equal(spec.generate(prompt, 40).tokens, reference), f"k={k}"
+    for m in trained:
+        m.cpu()
