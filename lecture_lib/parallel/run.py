@@ -4,6 +4,9 @@ demo), or one process per GPU under ``torchrun`` (the benchmark).
     # the benchmark, on a machine with 2 GPUs (NCCL):
     python -m torch.distributed.run --nproc-per-node 2 -m lecture_lib.parallel.run \\
         --config llama3-8b --tokens 128 --json tp_2.json
+    # a Llama-3-70B shape with 8 sequences of 32k context (too big for one H200):
+    python -m torch.distributed.run --nproc-per-node 2 -m lecture_lib.parallel.run \\
+        --config llama3-70b --batch 8 --context 32768 --tokens 64 --json tp70_2.json
 
 Every rank builds the same model and keeps its slice (``tp.shard_``). A benchmark model of a real
 shape gets random bf16 weights, made directly as this rank's slice (a 70B shape never exists
@@ -161,31 +164,37 @@ def main(argv=None) -> dict:
     rank, world = tp.init()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cfg = get_config(args.config)
-    tp.check_divisible(cfg, world)
-    model = build_sharded(cfg, rank, world, device, dtype)
-    fuse_projections_(model)
     S_max = args.context or args.prompt_len + args.tokens + 8
-    gen = FastGenerator(model, B=args.batch, S_max=S_max, compile=not args.no_compile)
-    prompt = torch.zeros(args.batch, args.prompt_len, dtype=torch.long, device=device)
-    t0 = time.perf_counter()
-    gen.warmup(args.prompt_len)
-    compile_s = time.perf_counter() - t0
-    runs, steps = [], []
-    for _ in range(3):
-        out = gen.generate(prompt, args.tokens)
-        runs.append(out.decode_tokens_per_s)
-        steps.append(out.seconds_per_step)
-    comm = allreduce_seconds(cfg.D, cfg.L, args.batch, device, dtype) if world > 1 and device.type == "cuda" else 0.0
-    memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    cfg = get_config(args.config)
+    cfg = cfg.replace(S_max=max(cfg.S_max, S_max))  # a long context needs a longer RoPE table
+    tp.check_divisible(cfg, world)
     result = {"config": args.config, "world": world, "batch": args.batch, "S_max": S_max, "device":
-              torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype),
-              "tok_per_s": sorted(runs)[1], "runs_tok_per_s": runs, "step_ms": sorted(steps)[1] * 1e3,
-              "allreduce_ms_per_step": comm * 1e3, "max_memory_bytes_per_rank": memory, "compile_s": compile_s}
+              torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype)}
+    try:
+        model = build_sharded(cfg, rank, world, device, dtype)
+        fuse_projections_(model)
+        gen = FastGenerator(model, B=args.batch, S_max=S_max, compile=not args.no_compile)
+        prompt = torch.zeros(args.batch, args.prompt_len, dtype=torch.long, device=device)
+        t0 = time.perf_counter()
+        gen.warmup(args.prompt_len)
+        compile_s = time.perf_counter() - t0
+        runs, steps = [], []
+        for _ in range(3):
+            out = gen.generate(prompt, args.tokens)
+            runs.append(out.decode_tokens_per_s)
+            steps.append(out.seconds_per_step)
+        comm = allreduce_seconds(cfg.D, cfg.L, args.batch, device, dtype) if world > 1 and device.type == "cuda" else 0.0
+        result.update({"status": "ok", "tok_per_s": sorted(runs)[1], "runs_tok_per_s": runs,
+                       "step_ms": sorted(steps)[1] * 1e3, "allreduce_ms_per_step": comm * 1e3, "compile_s": compile_s})
+    except torch.cuda.OutOfMemoryError as e:  # recorded, not raised: "does not fit on W GPUs" is a result
+        result.update({"status": "out of memory", "error": str(e).split("\n")[0]})
+    result["max_memory_bytes_per_rank"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     gathered = [None] * world
     dist.all_gather_object(gathered, result)
     if rank == 0:
         print(json.dumps(gathered[0], indent=1))
+        if any(r["status"] != "ok" for r in gathered):
+            print(f"out of memory on {sum(r['status'] != 'ok' for r in gathered)} of {world} ranks")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"ranks": gathered, **gathered[0]}, f, indent=1)
