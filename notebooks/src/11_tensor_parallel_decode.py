@@ -241,6 +241,7 @@ if n_gpus >= 2:
                        check=True, capture_output=True, text=True)
         with open(out) as f:
             measured[W] = json.load(f)
+        assert measured[W]["status"] == "ok", measured[W]
         print(f"W = {W}: {measured[W]['tok_per_s']:.0f} tok/s, step {measured[W]['step_ms']:.2f} ms, all-reduces "
               f"{measured[W]['allreduce_ms_per_step']:.2f} ms per step alone, {measured[W]['max_memory_bytes_per_rank'] / 1e9:.1f} GB per GPU")
 else:
@@ -258,7 +259,9 @@ if refs:
     for path in refs:
         with open(path) as f:
             r = json.load(f)
-        print(f"{path.parent.name}/{path.name}: {r['config']} on {r['world']} x {r['device']}: {r['tok_per_s']:.1f} tok/s")
+        what = f"{r['tok_per_s']:.1f} tok/s" if r.get("status", "ok") == "ok" else r["status"]
+        print(f"{path.parent.name}/{path.name}: {r['config']} on {r['world']} x {r['device']}, batch {r['batch']}: {what}, "
+              f"{r['max_memory_bytes_per_rank'] / 1e9:.1f} GB per GPU")
 else:
     print("No multi-GPU reference run is stored yet: the machines this series was measured on had one GPU. "
           "The model above is the prediction such a run would test.")
