@@ -504,3 +504,15 @@ def _check_generation(prompt_len: int, T_new: int) -> None:
             f"Generation needs a prompt of at least one token and at least one new token, got "
             f"prompt_len={prompt_len}, T_new={T_new}."
         )
+
+
+def attention_linear_crossover(cfg: ModelConfig) -> float:
+    """Keys S at which a decoded token's attention FLOPs (``4·L·N·H·S``) equal its linear FLOPs
+    (``2·linear_params``): ``linear_params / (2·L·N·H)``, roughly 6·D for a Llama shape with an
+    untied LM head (``decode_flops_per_token``).
+
+    Below it, generation is MLP-dominated: the FLOPs of T tokens grow as T² naive and T cached.
+    Well above it, attention dominates and the lecture's T³ (naive) and T² (cached) appear. A
+    whole forward over n tokens (a naive step) has attention equal to linear at n = 2·S.
+    """
+    return linear_params(cfg) / (2 * cfg.L * cfg.N * cfg.H)

@@ -186,3 +186,37 @@ def test_device_slug():
     assert references.device_slug(info) == "cpu"
     info.type, info.spec = "cuda", hardware.get_spec("H100 SXM")
     assert references.device_slug(info) == "h100_sxm"
+
+
+def _blocks(pre_flops, dec_flops, pre_I=1000.0, dec_I=1.0, kind="mlp"):
+    ok = {"status": "ok", "kind": kind}
+    return [dict(ok, phase="prefill", B=1, intensity=pre_I, flops_per_s=pre_flops),
+            dict(ok, phase="decode", B=1, intensity=dec_I, flops_per_s=dec_flops),
+            dict(ok, phase="decode", B=8, intensity=8 * dec_I, flops_per_s=8 * dec_flops),
+            {"status": "oom", "kind": kind, "phase": "decode", "B": 64, "intensity": 64.0, "flops_per_s": None}]
+
+
+def test_best_flops():
+    recs = _blocks(600e12, 2e12)
+    assert roofline.best_flops(recs, "mlp", "decode") == 16e12
+    assert roofline.best_flops(recs, "mlp", "decode", B=1) == 2e12
+    assert roofline.best_flops(recs, "mlp", "prefill") == 600e12
+    with pytest.raises(ValueError, match="B = 64"):
+        roofline.best_flops(recs, "mlp", "decode", B=64)  # that point ran out of memory
+    with pytest.raises(ValueError, match="attention"):
+        roofline.best_flops(recs, "attention", "decode")
+
+
+def test_prefill_decode_ratio_is_about_the_ridge():
+    P, beta = 700e12, 3e12  # ridge 233 FLOP/byte
+    # both phases exactly on their roofline: measured == predicted == ridge / decode intensity
+    measured, predicted = roofline.prefill_decode_ratio(_blocks(P, beta * 1.0), P, beta)
+    assert predicted == pytest.approx(P / beta) and measured == pytest.approx(predicted)
+    # decode at half the bandwidth line: twice the predicted ratio
+    measured, predicted = roofline.prefill_decode_ratio(_blocks(P, beta / 2, kind="attention"), P, beta, "attention")
+    assert measured == pytest.approx(2 * predicted)
+    # a prefill below the ridge is memory-bound too: the prediction is the intensity ratio
+    _, predicted = roofline.prefill_decode_ratio(_blocks(P, beta, pre_I=50.0), P, beta)
+    assert predicted == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="B = 1"):
+        roofline.prefill_decode_ratio(_blocks(P, beta)[:1], P, beta)

@@ -294,6 +294,28 @@ def ridge_from_sweep(records, fraction: float = 0.8) -> RidgeEstimate:
                          knee_B=min(knee) if knee else None, fraction=fraction, n_memory_bound=k)
 
 
+def best_flops(records, kind: str, phase: str, B: int | None = None) -> float:
+    """The highest achieved FLOP/s among the ok records of ``kind`` and ``phase`` (and batch ``B``)."""
+    rates = [r["flops_per_s"] for r in ok_records(records, kind, phase) if B is None or r["B"] == B]
+    if not rates:
+        raise ValueError(f"no measured {kind} {phase} record" + (f" at B = {B}" if B is not None else "") + ".")
+    return max(rates)
+
+
+def prefill_decode_ratio(records, flops: float, bandwidth: float, kind: str = "mlp") -> tuple[float, float]:
+    """How many times faster (in FLOP/s) ``kind`` runs in prefill than in decode at B = 1:
+    ``(measured, predicted)``. The prediction is the roofline with ceilings ``flops`` (FLOP/s) and
+    ``bandwidth`` (bytes/s) at each record's intensity, ``min(P, β·I_prefill) / min(P, β·I_decode)``:
+    about ridge / I_decode when prefill is compute-bound and decode memory-bound. Uses the fastest
+    prefill record and the B = 1 decode record of ``records`` (``mlp_attention_measurements``)."""
+    pre = max(ok_records(records, kind, "prefill"), key=lambda r: r["flops_per_s"], default=None)
+    dec = [r for r in ok_records(records, kind, "decode") if r["B"] == 1]
+    if pre is None or not dec:
+        raise ValueError(f"need a measured {kind} prefill record and a {kind} decode record at B = 1.")
+    predicted = analysis.roofline(pre["intensity"], flops, bandwidth) / analysis.roofline(dec[0]["intensity"], flops, bandwidth)
+    return pre["flops_per_s"] / dec[0]["flops_per_s"], predicted
+
+
 def memory_bound_slope(records, B_max: float, B_min: float = 1) -> float:
     """Log-log slope of achieved FLOP/s against B over ``B_min <= B <= B_max`` (ok records).
     About 1 where the matmul is memory-bound (time flat while the FLOPs grow with B)."""
@@ -421,7 +443,7 @@ def plot_records(ax, records, label: str, color=None, marker: str = "o", annotat
     for r in pts:
         if r.get("B") in annotate:
             ax.annotate(f"B={r['B']}", (r["intensity"], r["flops_per_s"]), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7, color=line.get_color())
+                        xytext=(4, -10), fontsize="small", color=line.get_color())
     return line
 
 

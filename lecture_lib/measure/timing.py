@@ -375,13 +375,16 @@ def graph_seconds(fn: Callable, *args, calls: int = 10, repeats: int = 20) -> fl
     return time_fn(graphed, warmup=3, repeats=repeats, device="cuda").median / calls
 
 
-def decode_step_seconds(model, B: int = 1, S: int = 64, repeats: int = 20, T: int = 1) -> float:
+def decode_step_seconds(model, B: int = 1, S: int = 64, repeats: int = 20, T: int = 1,
+                        calls: int = 10) -> float:
     """Seconds of one KV-cached forward of T new tokens per sequence (T = 1: a decode step; T > 1:
     e.g. speculative sampling's verification of T - 1 drafted tokens) at batch B with S tokens
     already in the cache: the static cache and a [T] position tensor, as the compiled path runs
     it. On a CUDA GPU the forward is captured in a CUDA graph (``graph_seconds``), so kernel-launch
     overhead is gone and what is left is its memory traffic and compute; elsewhere it runs eager
-    (median of ``repeats``). The cache holds zeros: the time does not depend on the values read."""
+    (median of ``repeats``). The cache holds zeros: the time does not depend on the values read.
+    ``calls``: forwards per captured graph (GPU only); fewer for long forwards, whose graph launch
+    is negligible anyway, so that the measurement stays short."""
     from ..cache.static import StaticKVCache
     device = model.norm.weight.device
     cache = StaticKVCache.for_model(model, B, S + T)
@@ -390,6 +393,20 @@ def decode_step_seconds(model, B: int = 1, S: int = 64, repeats: int = 20, T: in
     with torch.inference_mode():
         step = lambda tokens: model(tokens, cache, pos)  # noqa: E731
         if device.type == "cuda":
-            return graph_seconds(step, x, repeats=repeats)
+            return graph_seconds(step, x, calls=calls, repeats=repeats)
         return time_fn(step, x, warmup=2, repeats=repeats, device=device).median
+
+
+def forward_seconds(model, B: int = 1, T: int = 64, repeats: int = 20, calls: int = 10) -> float:
+    """Seconds of one forward of ``model`` over tokens [B, T] with no KV cache (pos 0, causal
+    attention among the T tokens): a prefill's forward, or the step of naive decoding that
+    recomputes a prefix of T tokens. On a CUDA GPU the forward is captured in a CUDA graph
+    (``graph_seconds``, ``calls`` forwards a graph) so that kernel launches do not count; elsewhere
+    it runs eager (median of ``repeats``). Token ids are zeros: the time does not depend on them."""
+    device = model.norm.weight.device
+    x = torch.zeros(B, T, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        if device.type == "cuda":
+            return graph_seconds(model, x, calls=calls, repeats=repeats)
+        return time_fn(model, x, warmup=2, repeats=repeats, device=device).median
 

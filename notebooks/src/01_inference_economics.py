@@ -16,27 +16,25 @@
 #
 # Nothing here is measured: it is arithmetic on sourced facts and datasheet figures, so it runs in
 # a second on any machine. Notebook 02 measures the speeds that this model predicts.
+#
+# *On a projector:* set `LECTURE_PRESENTATION=1` before starting Jupyter, or call
+# `setup(presentation=True)` in the first code cell, for larger fonts in every figure.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+import dataclasses
+
 import ipywidgets as w
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from lecture_lib import analysis, economics, get_config, widgets
+from lecture_lib.axes import label_log_axis
 from lecture_lib.hardware import get_spec, load_specs
 from lecture_lib.notebook import setup
 from lecture_lib.plotting import COLORS
 
 env = setup(seed=0)
-
-
-def label_log_axis(axis):
-    """Label a log axis at 1, 2, 5, 10, 20, ... with plain numbers."""
-    axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
-    axis.set_minor_formatter(NullFormatter())
 
 # %% [markdown]
 # ## The facts, with their sources
@@ -69,8 +67,6 @@ print(f"in a year, OpenAI processes {365 / days_tokens:.0f}x the tokens of DeepS
 assert 3.5 < days_tokens < 4, "the lecture's 'under four days'"
 
 # %% [markdown]
-# **Takeaway:** by token count, a year of serving is about a hundred training runs' worth of data.
-#
 # ### The same comparison in FLOPs
 #
 # Tokens are not the unit of cost; FLOPs are closer. For a model with N parameters (the
@@ -95,67 +91,89 @@ print(f"in FLOPs (same N): {days_flops:.2f} days = 3 x {days_tokens:.2f}")
 print(f"e.g. N = {n_active:.3g} (DeepSeek-V4-Pro's activated parameters): training 6·N·32T = "
       f"{train_flops:.2e} FLOPs, serving 2·N·8.6T = {serve_flops_per_day:.2e} FLOPs/day")
 print(f"in a year, serving spends {365 / days_flops:.0f}x the training run's FLOPs")
-assert abs(days_flops - 3 * days_tokens) < 1e-9 and 11 < days_flops < 11.5
+# the library's shortcut agrees with the FLOP counts printed above, and the answer is "under two weeks"
+assert abs(days_flops - train_flops / serve_flops_per_day) < 1e-9 * days_flops
+assert days_tokens < days_flops < 14, "in FLOPs, serving still overtakes training within two weeks"
 
 # %% [markdown]
 # So the answer moves from "under four days" to **about 11 days**: still under two weeks, and over
-# a year serving still spends some thirty training runs' worth of compute. Caveats that push the
+# a year serving still spends some thirty training runs' worth of compute. Two caveats push the
 # number either way:
 #
 # - **Different models.** OpenAI's served models are not DeepSeek-V4; for different sizes the days
 #   scale by N_train / N_serve (`days_to_match_flops(..., n_train=, n_serve=)`).
 # - **Attention FLOPs** grow with the context (4·L·N·H per token per key, notebook 04) and are left
 #   out of 2N and 6N alike; long agent contexts make inference relatively more expensive.
-# - **FLOPs are not GPU time.** Training runs at a high fraction of peak FLOP/s (assume 40% MFU,
-#   a typical value). Prefill does too, but **decode is memory-bound**: the lecture's model puts
-#   Llama 2 13B at batch 64 on an H100 at a few percent of peak (computed below). A GPU-hour of
-#   decoding buys far fewer FLOPs, so in GPU time the answer swings back down:
+
+# %% [markdown]
+# ### FLOPs are not GPU time
+#
+# Training runs at a high fraction of peak FLOP/s (we assume 40% MFU, a typical value). Prefill
+# can too, but **decode is memory-bound**, so a GPU-hour of decoding buys far fewer FLOPs:
+#
+# $$\text{GPU-days} = \text{FLOP-days} \times \frac{\text{decode MFU}}{\text{training MFU}}.$$
+#
+# Neither the prompt/output split of the 8.6T nor the served models' decode MFU is published, so we
+# can only bracket the answer. For scale, one decode MFU we *can* compute: a dense model, Llama 2
+# 13B, at the largest batch that fits an H100 (B = 64, section 3), in the lecture's memory-bound model.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 train_mfu = 0.40  # an assumption: a typical model FLOP utilisation of a large training run
 decode = economics.serving_estimate(get_config("llama2-13b"), "H100 SXM", B=64, S=1024)
-print(f"decode MFU, Llama 2 13B, B=64, S=1024, H100 (memory-bound model): {decode.mfu:.1%}")
 days_gpu_decode = days_flops * decode.mfu / train_mfu
-print(f"days of serving to match training in GPU-hours:")
-print(f"  if every token were decoded at {decode.mfu:.1%} MFU:                  {days_gpu_decode:5.2f} days")
-print(f"  if every token were prefilled at {train_mfu:.0%} MFU (like training): {days_flops:5.2f} days")
+print(f"decode MFU of a dense model, Llama 2 13B, B=64, S=1024, H100 (memory-bound model): {decode.mfu:.1%}")
+print("days of serving to match training in GPU-hours:")
+print(f"  every token prefilled at {train_mfu:.0%} MFU (like training):        {days_flops:5.2f} days")
+print(f"  every token decoded at {decode.mfu:.1%} MFU (the dense example): {days_gpu_decode:5.2f} days")
+assert decode.mfu < 0.1, "a memory-bound decode step uses only a few percent of the peak FLOP/s"
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 fig, ax = plt.subplots(figsize=(7.5, 2.6))
-labels = ["tokens", "FLOPs (same N)", "GPU time, all decode", "GPU time, all prefill"]
+labels = ["tokens", "FLOPs (same N)", "GPU time, all decode\n(dense 13B example)", "GPU time, all prefill"]
 values = [days_tokens, days_flops, days_gpu_decode, days_flops]
 ax.barh(labels, values, color=[COLORS["theory"], COLORS["cached"], COLORS["measured"], COLORS["reference"]])
 for y, v in enumerate(values):
     ax.text(v + 0.1, y, f"{v:.1f} days", va="center")
 ax.invert_yaxis()
-ax.set(xlabel="days of OpenAI's traffic to match DeepSeek-V4's pre-training", xlim=(0, 13.5),
+ax.set(xlabel="days of OpenAI's traffic to match DeepSeek-V4's pre-training", xlim=(0, 1.25 * max(values)),
        title="The answer depends on the unit")
 plt.show()
 
 # %% [markdown]
-# **Takeaway:** three honest units, three answers: 3.7 days in tokens, 11 in FLOPs, and somewhere
-# between about 2 and 11 in GPU time depending on how much of the traffic is decode. In every unit,
-# serving overtakes training within two weeks.
+# The bracket is wide. An MoE such as DeepSeek-V4 makes the decode end lower still: a batch reads
+# the weights of every expert its tokens are routed to, but computes only with the 49B activated
+# parameters per token, so at the same batch its decode MFU is lower than that of a dense model
+# as large as its activated part (unless the batch is spread over many GPUs, expert parallelism,
+# so that each expert sees many tokens).
 #
+# **Takeaway:** three units, three answers: 3.7 days in tokens, 11 in FLOPs, and in GPU time
+# fewer than 11 (if prefill runs as efficiently as training), how many fewer depending on how much
+# of the traffic is decode and at what MFU. In every unit, serving overtakes training within two weeks.
+
+# %% [markdown]
 # ## 2. Agents: no human at the end of the pipe
 #
 # A chatbot's output is read by a person, and people read slowly: about 238 words a minute
-# (Brysbaert 2019), which at 0.75 words a token is
+# (Brysbaert 2019), which at 0.75 words a token is a few tokens a second. The 8.6T tokens a day
+# of section 1 cannot be turned into readers (it counts prompt tokens, which nobody reads, with
+# the generated ones); the 2024 figure of words *generated* a day can:
 
 # %%
 # NBVAL_CHECK_OUTPUT
 reading = economics.reading_tokens_per_second()
-print(f"238 words/min / 60 / 0.75 words/token = {reading:.2f} tokens/s per reader")
-readers = served_per_day / economics.SECONDS_PER_DAY / reading
-print(f"8.6T tokens/day = {served_per_day / economics.SECONDS_PER_DAY:.3g} tokens/s "
-      f"= {readers / 1e6:.1f} million people reading around the clock")
-print(f"one person reading 8 hours a day: {reading * 8 * 3600:,.0f} tokens/day")
+wpm, wpt = facts["reading_words_per_minute"].value, facts["words_per_token"].value
+print(f"{wpm:g} words/min / 60 / {wpt:g} words/token = {reading:.2f} tokens/s per reader")
+words_read_per_day = wpm * 60 * 8  # one person reading 8 hours a day
+print(f"one person reading 8 hours a day: {words_read_per_day:,.0f} words = {reading * 8 * 3600:,.0f} tokens")
+generated = facts["openai_words_per_day_2024"]
+print(f"OpenAI's {generated.value:.3g} generated words a day ({generated.date}) = "
+      f"{generated.value / words_read_per_day / 1e6:.2f} million people reading 8 hours a day")
 
 # %% [markdown]
 # Human demand is capped: a streamed answer only has to come faster than ~5 tokens/s, and a user
-# reads at most a few hundred thousand tokens a day. An **agent** reads its own output: a loop of
+# reads at most about 150,000 tokens a day. An **agent** reads its own output: a loop of
 # model call → tool call → model call consumes tokens as fast as the server produces them, and every
 # turn re-reads the growing context (prompt, its own earlier reasoning, tool results). Without
 # **prefix caching** (keeping the KV cache of the shared prefix between turns) the tokens processed
@@ -177,7 +195,8 @@ print(f"one agent decoding non-stop at 100 tokens/s: {agent_day:,} tokens/day "
 # **Takeaway:** chat traffic grows with the number of people; agent traffic grows with the number
 # of loops anyone cares to run, and each loop's context grows as it goes. "Tokens generated =
 # compute spent" (2026 lecture), so the cost per token, next, is what decides what is affordable.
-#
+
+# %% [markdown]
 # ## 3. What does a million tokens cost?
 #
 # Renting a GPU costs dollars per hour; it makes tokens at some rate. So
@@ -198,27 +217,37 @@ print(f"one agent decoding non-stop at 100 tokens/s: {agent_day:,} tokens/day "
 llama2 = get_config("llama2-13b")
 price = economics.gpu_price("H100 SXM")
 print(price.describe())
-for B in [1, 64, 256]:
-    print(economics.serving_estimate(llama2, "H100 SXM", B=B, S=1024).describe())
-b256 = economics.serving_estimate(llama2, "H100 SXM", B=256, S=1024)
-assert b256.memory > 80e9, "the lecture's 2026 assert: B = 256 does not fit in an H100"
+lecture = {B: economics.serving_estimate(llama2, "H100 SXM", B=B, S=1024) for B in [1, 64, 256]}
+for e in lecture.values():
+    print(e.describe())
+print(f"per token, B = 64 is {lecture[1].cost_per_million / lecture[64].cost_per_million:.1f}x cheaper than B = 1")
+assert lecture[256].memory > 80e9, "the lecture's 2026 assert: B = 256 does not fit in an H100"
 
 # %% [markdown]
-# Batch 64 is 21x cheaper per token than batch 1; batch 256 would be cheaper still but does not fit.
-# Where does the saving come from? Per token, the cost is
+# Batch 64 is far cheaper per token than batch 1 (the ratio is printed above); batch 256 would be
+# cheaper still but does not fit. Where does the saving come from? Per token, the cost is
 #
 # $$\text{price} \cdot \frac{\text{param bytes}/B + \text{KV bytes per sequence}}{\text{bandwidth}}:$$
 #
 # the weight read is shared by the batch and falls as 1/B, but every sequence reads its own KV
 # cache. Batching pays until the two are equal, at B* = param bytes / KV bytes per sequence; beyond
 # it the cost is within 2x of its floor and stops improving. Llama 3 8B uses grouped-query attention
-# (K = 8 KV heads instead of 32): 6.25x less KV per token, so B* is larger and more of it fits.
+# (K = 8 KV heads for N = 32 query heads), so it stores a quarter of the KV cache it would with MHA;
+# being smaller than Llama 2 13B as well (fewer, narrower layers), it stores less still per token
+# than Llama 2 13B (both ratios printed below). So B* is larger and more of it fits.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 S = 1024
 batches = [2**i for i in range(11)]  # 1 ... 1024
 models = {name: get_config(name) for name in ["llama2-13b", "llama3-8b"]}
+kv = {name: analysis.kv_bytes_per_token(cfg) for name, cfg in models.items()}
+l3 = models["llama3-8b"]
+kv_l3_mha = analysis.kv_bytes_per_token(dataclasses.replace(l3, K=l3.N))  # the same model with MHA
+print(f"KV bytes per token: llama2-13b {kv['llama2-13b']:,.0f} (MHA), llama3-8b {kv['llama3-8b']:,.0f} "
+      f"(GQA, K = {l3.K} of N = {l3.N}); llama3-8b with MHA would store {kv_l3_mha:,.0f}")
+print(f"  GQA's saving: {kv_l3_mha / kv['llama3-8b']:.2f}x (N/K); llama3-8b vs llama2-13b: "
+      f"{kv['llama2-13b'] / kv['llama3-8b']:.2f}x (GQA and the smaller model together)")
 curves = {}
 for name, cfg in models.items():
     est = [economics.serving_estimate(cfg, "H100 SXM", B=B, S=S) for B in batches]
@@ -273,7 +302,7 @@ for (name, est), color in zip(curves.items(), [COLORS["naive"], COLORS["cached"]
     ax2.semilogx(Bs, [e.kv_fraction for e in est], "o-", color=color, label=name)
 ax1.set(xlabel="batch size B", ylabel=r"\$ per million tokens (H100 at \$10.8/h)",
         title=f"Cost per token vs batch (S = {S}); dotted: B* and the KV floor")
-ax1.legend(fontsize=8)
+ax1.legend()
 label_log_axis(ax1.yaxis)
 ax2.axhline(0.5, color=COLORS["theory"], ls=":")
 ax2.set(xlabel="batch size B", ylabel="share of bytes read per step", ylim=(0, 1),
@@ -287,10 +316,11 @@ plt.show()
 # limits cost; GQA (notebook 05) and KV quantization (notebook 06) attack exactly that. Two more
 # levers are visible in the formula: a cheaper GPU-hour, and fewer bytes per weight.
 #
-# These are ideal numbers: a real server reaches perhaps 70-90% of the bandwidth, has to leave room
-# for activations, and cannot always find 64 concurrent requests. Notebook 02 measures how far a
-# real implementation is from the model.
-#
+# These are ideal numbers: a real server reads memory below the datasheet bandwidth (notebook 03
+# measures how far below), has to leave room for activations, and cannot always find 64
+# concurrent requests. Notebook 02 measures how far a real implementation is from the model.
+
+# %% [markdown]
 # ## 4. A calculator
 #
 # Pick a model, a GPU (from `data/hardware.json`), the batch, the context length, the number of
@@ -339,12 +369,11 @@ def calculator(model="llama2-13b", gpu="H100 SXM", batch=64, context=1024, gpus=
     ax.set(xlabel="batch size B", ylabel=r"\$ per million tokens",
            title=f"{model} on {gpus}x {spec.key}, S={context}")
     label_log_axis(ax.yaxis)
-    ax.legend(fontsize=8)
+    ax.legend()
     plt.show()
-    return e
 
 
-_ = calculator()  # the static figure (what a reader without a widget frontend sees)
+calculator()  # the static figure (what a reader without a widget frontend sees)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -362,20 +391,26 @@ _ = widgets.interact(
 
 # %% [markdown]
 # Things to try: Llama 2 70B needs two H100s just for its weights; Llama 3 8B at context 131072
-# fits only a handful of sequences; int8 weights free memory for more KV cache; an L4 at $0.70/h
-# has a tenth of an H100's bandwidth: is it cheaper per token?
+# fits only a handful of sequences; int8 weights free memory for more KV cache; an L4 at an
+# example $0.70/h has about a tenth of an H100's bandwidth: is it cheaper per token?
 #
+# **Takeaway:** every knob moves one of three numbers: the price per second, the bytes read per
+# token, or the bandwidth, and memory capacity caps the batch that shares the weight read.
+
+# %% [markdown]
 # ## Summary
 # - By tokens, OpenAI's traffic matches DeepSeek-V4's 32T-token pre-training in **3.7 days**; by
-#   FLOPs (2N per served token vs 6N per training token) in **11.2 days**, three times as long; by
-#   GPU time somewhere in between 2 and 11 days, because memory-bound decode wastes most of a GPU's
-#   FLOPs. Any way you count, serving overtakes training within two weeks.
+#   FLOPs (2N per served token vs 6N per training token) in **11.2 days**, three times as long; in
+#   GPU time in fewer days than that, because memory-bound decode leaves most of a GPU's FLOPs
+#   unused (how many fewer depends on the unpublished decode share and MFU). Any way you count,
+#   serving overtakes training within two weeks.
 # - Chat demand is capped by reading speed (~5 tokens/s a person); agent demand is not, and an
 #   agent's context (re-read every turn) grows as it works.
 # - Cost per million tokens = price per second / tokens per second. In the memory-bound model the
 #   weight read is shared by the batch, the KV read is not, so cost falls as ~1/B until
 #   B* = param bytes / KV bytes per sequence and then flattens; memory usually runs out first.
-#
+
+# %% [markdown]
 # ## Exercises
 # 1. If all 8.6T daily tokens were decoded like Llama 2 13B at B = 64 on H100s, how many H100s would
 #    that take, and what would a day cost at $10.8/h? Why is this an overestimate for prompt tokens?
