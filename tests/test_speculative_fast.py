@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from lecture_lib.checkpoints import load_checkpoint
+from lecture_lib.config import get_config
 from lecture_lib.decode import generate_cached
-from lecture_lib.decode.speculative import NGramDraft, layer_skip_draft
+from lecture_lib.decode.speculative import NGramDraft, expected_tokens_per_call, layer_skip_draft
+from lecture_lib.measure.bench import build_model
 from lecture_lib.decode.speculative_fast import FastSpeculativeGenerator
 
 PROMPT = b"def __init__(self, name):\n    self."
@@ -162,3 +164,34 @@ def test_compiled_round_on_a_gpu_gives_the_targets_greedy_tokens(trained):
         assert torch.equal(spec.generate(prompt, 40).tokens, reference), f"k={k}"
     for m in trained:
         m.cpu()
+
+
+def test_simulated_acceptance_is_drawn_at_alpha_and_fixed_by_the_seed(trained):
+    """simulate_alpha (benchmarks): the flags come from the seed, so a repeat is the same run, and
+    their rate is alpha within sampling error (900 tokens at k = 1: about 530 checks, sd 0.02;
+    the bound is 4 sd)."""
+    target, draft = trained
+    spec = FastSpeculativeGenerator(target, draft, k=1, S_max=1000, simulate_alpha=0.7)
+    prompt = torch.tensor([list(PROMPT)])
+    a, b = (spec.generate(prompt, 900, seed=3) for _ in range(2))
+    assert a.accepted == b.accepted
+    assert abs(a.acceptance_rate - 0.7) < 0.08, a.acceptance_rate
+    spec.set_k(4)
+    c = spec.generate(prompt, 900, seed=3)
+    assert abs(c.acceptance_rate - 0.7) < 0.08, c.acceptance_rate
+    assert abs(c.tokens_per_call - expected_tokens_per_call(0.7, 4)) < 0.35, c.tokens_per_call
+
+
+def test_set_draft_keeps_the_target_and_gives_the_new_drafts_run(trained):
+    """set_draft: the same greedy tokens (the target's) and the acceptances of a generator built
+    with that draft from the start."""
+    target, draft = trained
+    prompt = torch.tensor([list(PROMPT)])
+    skip = layer_skip_draft(target, 1)
+    spec = FastSpeculativeGenerator(target, draft, k=3, S_max=128)
+    spec.set_draft(skip)
+    got = spec.generate(prompt, 40)
+    fresh = FastSpeculativeGenerator(target, skip, k=3, S_max=128).generate(prompt, 40)
+    assert torch.equal(got.tokens, fresh.tokens) and got.accepted == fresh.accepted
+    with pytest.raises(ValueError, match="vocabulary"):
+        spec.set_draft(build_model(get_config("tiny", V=300), "cpu", torch.float32))

@@ -37,7 +37,7 @@ token count, so ``set_k`` changes k without compiling the target again. A string
 backend (``"aot_eager"``: the tests' quick check that the forwards trace whole).
 
 ``simulate_alpha`` (benchmarks only): accept each drafted token with probability alpha instead of
-comparing the two models, for random-weight models of real shapes whose own acceptance means
+comparing the two models (flags drawn on the host from the seed before each generation), for random-weight models of real shapes whose own acceptance means
 nothing; the round still does all its work (draft steps, verification, the draws), so its time
 is real, but the tokens are then not the target's. Never use it for output.
 """
@@ -97,7 +97,6 @@ class FastSpeculativeGenerator:
         self.device = tw.device
         S_max = S_max or min(target.cfg.S_max, draft.cfg.S_max)
         self.t_cache = StaticKVCache(target.cfg, 1, S_max, device=self.device, dtype=tw.dtype)
-        self.d_cache = StaticKVCache(draft.cfg, 1, S_max, device=self.device, dtype=dw.dtype)
         self.S_max = S_max
         dev, long = self.device, torch.long
         # The round's state, at fixed addresses: read and advanced by the round itself.
@@ -110,17 +109,37 @@ class FastSpeculativeGenerator:
         self.graphs = (self.device.type == "cuda") if graphs is None else graphs
         self._graph = None
         self.capture_seconds: float | None = None
-        self._draft_fwd, self._target_fwd = self._draft_forward, self._target_forward
-        if compile:
-            backend = compile if isinstance(compile, str) else "inductor"
+        self._target_fwd = self._target_forward
+        self._backend = (compile if isinstance(compile, str) else "inductor") if compile else None
+        if self._backend:
             fuse_projections_(self.target)
-            fuse_projections_(self.draft)
-            if backend == "inductor" and self.device.type == "cuda":
+            if self._backend == "inductor" and self.device.type == "cuda":
                 from .fast import _set_inductor_flags
                 _set_inductor_flags()
-            self._draft_fwd = torch.compile(self._draft_forward, fullgraph=True, dynamic=False, backend=backend)
-            self._target_fwd = torch.compile(self._target_forward, fullgraph=True, dynamic=True, backend=backend)
+            self._target_fwd = torch.compile(self._target_forward, fullgraph=True, dynamic=True, backend=self._backend)
+        self.set_draft(draft)
         self.set_k(k)
+
+    def set_draft(self, draft: Transformer) -> None:
+        """Use another draft from now on (same vocabulary, device and dtype): a new draft cache,
+        the draft's forward compiled again when compiling; the target's compiled forward is kept,
+        so a benchmark can try several drafts against one compiled target."""
+        if not isinstance(draft, Transformer):
+            raise TypeError(f"The fast path takes a Transformer as the draft, got {type(draft).__name__}.")
+        tw, dw = self.target.norm.weight, draft.norm.weight
+        if draft.cfg.V != self.target.cfg.V:
+            raise ValueError(f"The draft's vocabulary (V = {draft.cfg.V}) differs from the target's "
+                             f"(V = {self.target.cfg.V}): both must use the same tokenizer.")
+        if tw.device != dw.device or tw.dtype != dw.dtype:
+            raise ValueError(f"Target and draft must share device and dtype: target {tw.device}/{tw.dtype}, "
+                             f"draft {dw.device}/{dw.dtype}. Move one with .to(...).")
+        self.draft = draft.eval()
+        self.d_cache = StaticKVCache(draft.cfg, 1, self.S_max, device=self.device, dtype=dw.dtype)
+        self._draft_fwd = self._draft_forward
+        if self._backend:
+            fuse_projections_(self.draft)
+            self._draft_fwd = torch.compile(self._draft_forward, fullgraph=True, dynamic=False, backend=self._backend)
+        self._graph = None
 
     def set_k(self, k: int) -> None:
         """Draft k tokens a round from now on (the caches and compiled forwards are kept; the
@@ -132,6 +151,9 @@ class FastSpeculativeGenerator:
         self._out = torch.zeros(self.S_max + k + 1, dtype=torch.long, device=dev)  # new tokens, k + 1 of slack
         self._overlap = torch.zeros(self.S_max + 1, k, dtype=torch.float32, device=dev)  # 1 - TV per position
         self._arange = torch.arange(k + 1, device=dev)
+        # simulate_alpha: every round's k accept/reject flags, drawn on the host before a generation
+        # (seeded, the same for every k's first k columns) and read by the round at a fixed address.
+        self._sim_accept = torch.zeros(self.S_max + 1, k, dtype=torch.bool, device=dev)
         self._graph = None
 
     # -- the two models' forwards (compiled when asked) ----------------------------------------------
@@ -186,7 +208,7 @@ class FastSpeculativeGenerator:
             accept = torch.rand(k, device=d.device) * pd < qd  # with probability min(1, q/p)
             overlap = torch.minimum(p, q[:k]).sum(-1)
         if self.simulate_alpha is not None:
-            accept = torch.rand(k, device=d.device) < self.simulate_alpha
+            accept = self._sim_accept.index_select(0, self._round)[0]  # [k], drawn in generate
         n = accept.long().cumprod(0).sum().view(1)  # [1]: 0..k
         # 4. The next token: the target's own at position n (greedy), or a draw from the residual
         #    normalize(max(q_n - p_n, 0)) after a rejection, or from q_k as the bonus (p_k := 0).
@@ -268,6 +290,11 @@ class FastSpeculativeGenerator:
             self._capture()
         if seed is not None:
             torch.manual_seed(seed)
+        if self.simulate_alpha is not None:
+            # Drawn here, not inside the graph: the flags depend only on the seed, so repeats with
+            # one seed differ only in their timing.
+            flags = torch.rand(self.S_max + 1, 8 if k <= 8 else k) < self.simulate_alpha
+            self._sim_accept.copy_(flags[:, :k])
         prompt = prompt.to(self.device)
         synchronize(self.device)
         t0 = time.perf_counter()

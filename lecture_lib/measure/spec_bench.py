@@ -1,7 +1,8 @@
 """Speculative sampling on a GPU: the cost side at real shapes, and measured speed-up against the
 formula S = E / (k c + 1) (a benchmark that prints figures; no pass/fail).
 
-    python -m lecture_lib.measure.spec_bench [--target llama3-8b] [--draft llama3.2-1b-like] [--json out.json]
+    python -m lecture_lib.measure.spec_bench [--target llama3-8b] [--draft llama3.2-1b-like]
+        [--draft-layers 16 4] [--compile] [--alpha A --skip-trained] [--json out.json]
 
 1. **Cost** (random bf16 weights of the two shapes): a target forward over T = 1..16 new tokens
    at batch 1 (CUDA graph, ``timing.decode_step_seconds``), flat while the weight read dominates;
@@ -17,6 +18,12 @@ formula S = E / (k c + 1) (a benchmark that prints figures; no pass/fail).
    (``simulate_alpha``). Every other cost of a round is real. Speed-up over (a) the target
    decoding one token per CUDA-graph replay (the same mechanism) and (b) the library's compiled
    decoder (``FastGenerator``, torch.compile with CUDA graphs), both measured in this process.
+   With ``--compile`` the round's forwards are compiled too, and the unit is a token of the
+   compiled decoder: c = draft step / that token, the verification curve in those tokens, and
+   the speed-up over it; one generator serves every draft (``set_draft``) and k (``set_k``).
+   ``--draft-layers 16 4`` runs the draft preset at each depth against the same target (a draft
+   that is cheap in time as well as in bytes, like the lecture's 4B draft for a 70B target).
+   The JSON lists them under ``pairs``.
 """
 from __future__ import annotations
 
@@ -43,9 +50,10 @@ def verification_curve(model, S_max: int, Ts=(1, 2, 3, 4, 5, 6, 8, 9, 12, 16)) -
     return {T: decode_step_seconds(model, S=S_max - T, T=T, repeats=30) for T in Ts}
 
 
-def compiled_costs(spec: FastSpeculativeGenerator, Ts=(1, 2, 3, 4, 5, 6, 8, 9, 12, 16)) -> tuple[dict, float]:
+def compiled_costs(spec: FastSpeculativeGenerator, Ts=(2, 3, 4, 5, 6, 8, 9, 12, 16)) -> tuple[dict, float]:
     """The compiled forwards a round replays, each timed alone in a CUDA graph: the target over
-    T tokens (cache filled to S_max - T - 1) and one draft step. Returns ({T: s}, draft s)."""
+    T tokens (cache filled to S_max - T - 1) and one draft step. Returns ({T: s}, draft s).
+    (No T = 1: a round never runs it, and Dynamo would compile that size separately.)"""
     from .timing import graph_seconds
     S = spec.S_max
     with torch.no_grad(), spec._attention_context():
@@ -69,8 +77,8 @@ def speculative_rows(target, draft, prompt, new: int, S_max: int, t_step: float,
             spec = FastSpeculativeGenerator(target, draft, k=k, S_max=S_max, simulate_alpha=alpha)
         spec.generate(prompt, 16, seed=0)  # capture + warm-up
         best = None
-        for r in range(repeats):
-            out = spec.generate(prompt, new, seed=r)
+        for _ in range(repeats):  # one seed: the same draws, so the best run is the least noisy, not the luckiest
+            out = spec.generate(prompt, new, seed=0)
             if best is None or out.generation.decode_seconds < best.generation.decode_seconds:
                 best = out
         a = best.acceptance_rate
@@ -106,6 +114,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile", action="store_true",
                     help="real shapes: the round's forwards compiled too (FastSpeculativeGenerator(compile=True)); "
                          "c and the verification curve then come from those compiled forwards")
+    ap.add_argument("--draft-layers", type=int, nargs="+", default=None,
+                    help="draft depths to run (the draft preset with L changed), e.g. 16 4; default: the preset's")
     ap.add_argument("--skip-trained", action="store_true", help="skip part 2 (then --alpha is required)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -132,55 +142,93 @@ def main(argv=None) -> dict:
     alpha = args.alpha if args.alpha is not None else next(r["alpha"] for r in rows if r["k"] == 4)
     del small_t, small_d
 
-    # 1 + 3. Real shapes, random weights.
-    tcfg, dcfg = get_config(args.target), get_config(args.draft)
+    # 1 + 3. Real shapes, random weights: one target, one or more draft depths.
+    tcfg = get_config(args.target)
     target = build_model(tcfg, "cuda", torch.bfloat16, seed=0)
-    draft = build_model(dcfg, "cuda", torch.bfloat16, seed=1)
-    fuse_projections_(target), fuse_projections_(draft)
-    spec = None
-    if args.compile:
-        t0 = time.perf_counter()
-        spec = FastSpeculativeGenerator(target, draft, k=KS[0], S_max=S_max, simulate_alpha=alpha, compile=True)
-        verify, t_draft = compiled_costs(spec)
-        out["spec_compile_s"] = time.perf_counter() - t0
-        print(f"compiled the round's forwards and timed them: {out['spec_compile_s']:.0f} s")
-    else:
-        verify = verification_curve(target, S_max)
-        t_draft = decode_step_seconds(draft, S=S_max - 1, repeats=30)
-    t_step = verify[1]
-    c = t_draft / t_step
-    print(f"\n{args.target} target step {t_step * 1e3:.2f} ms, {args.draft} draft step {t_draft * 1e3:.2f} ms: "
-          f"c = {c:.3f}")
-    print("verification, T tokens in one forward: " + ", ".join(f"T={T}: {s / t_step:.2f}x" for T, s in verify.items()))
+    fuse_projections_(target)
     rand_prompt = torch.randint(0, tcfg.V, (1, args.prompt_len), device="cuda")
-    rows = speculative_rows(target, draft, rand_prompt, args.new, S_max, t_step, c, alpha=alpha, spec=spec)
-    for r in rows:  # the refined prediction: the measured verification time instead of one step
-        k = r["k"]
-        r["S_measured_costs"] = r["E_measured"] * t_step / (k * t_draft + verify.get(k + 1, verify[max(verify)]))
-    out["real_shapes"] = {"target": args.target, "draft": args.draft, "compiled_round": args.compile,
-                          "target_step_s": t_step,
-                          "draft_step_s": t_draft, "c": c, "verify_s": verify, "alpha_given": alpha, "rows": rows}
-    print_rows(rows, f"{args.target} + {args.draft}, acceptance drawn at alpha = {alpha:.3f} (random weights), "
-                     "speed-up over one target graph step per token")
-    if not args.no_compiled:
-        t0 = time.perf_counter()
-        gen = FastGenerator(target, B=1, S_max=S_max)
-        gen.warmup(args.prompt_len)
-        compile_s = time.perf_counter() - t0
-        runs = [gen.generate(rand_prompt, args.new).decode_tokens_per_s for _ in range(3)]
-        compiled = max(runs)
-        out["real_shapes"]["compiled_tok_per_s"] = compiled
-        out["real_shapes"]["compiled_runs"] = runs
-        out["real_shapes"]["compile_s"] = compile_s
-        best = max(rows, key=lambda r: r["tok_per_s"])
-        print(f"\ncompiled decode (FastGenerator, {compile_s:.0f} s to compile): {compiled:.1f} tok/s "
-              f"(graph step: {1 / t_step:.1f} tok/s); best speculative k = {best['k']}: {best['tok_per_s']:.1f} tok/s "
-              f"= {best['tok_per_s'] / compiled:.2f}x the compiled decode")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    if args.compile or not args.no_compiled:
+        out["compiled_decode"] = compiled_decode(target, rand_prompt, args.new, S_max)
+        _dump(out, args.json)
+    out["pairs"], spec = [], None
+    for layers in args.draft_layers or [None]:
+        dcfg = get_config(args.draft, **({} if layers is None else {"L": layers}))
+        label = args.draft if layers is None else f"{args.draft}, L = {dcfg.L}"
+        draft = build_model(dcfg, "cuda", torch.bfloat16, seed=1)
+        fuse_projections_(draft)
+        if args.compile:  # one generator: the target compiled once, each draft compiled in turn
+            t0 = time.perf_counter()
+            if spec is None:
+                spec = FastSpeculativeGenerator(target, draft, k=KS[0], S_max=S_max, simulate_alpha=alpha, compile=True)
+            else:
+                spec.set_draft(draft)
+            pair = compiled_pair(spec, rand_prompt, args.new, S_max, out["compiled_decode"], alpha, t0)
+        else:
+            pair = graph_pair(target, draft, rand_prompt, args.new, S_max, alpha)
+        pair.update(target=args.target, draft=label, draft_L=dcfg.L)
+        if "compiled_decode" in out:
+            best = max(pair["rows"], key=lambda r: r["tok_per_s"])
+            pair.update(compiled_tok_per_s=out["compiled_decode"]["tok_per_s"])
+            print(f"  best speculative k = {best['k']}: {best['tok_per_s']:.1f} tok/s = "
+                  f"{best['tok_per_s'] / out['compiled_decode']['tok_per_s']:.2f}x the compiled decode "
+                  f"({out['compiled_decode']['tok_per_s']:.1f} tok/s)")
+        out["pairs"].append(pair)
+        del draft
+        torch.cuda.empty_cache()
+        _dump(out, args.json)
+    _dump(out, args.json)
     return out
 
 
-if __name__ == "__main__":
-    main()
+def _dump(out: dict, path: str | None):
+    """Write what has been measured so far (a long run cut short still leaves its figures)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+def compiled_decode(target, prompt, new: int, S_max: int) -> dict:
+    """The library's compiled decoder (``FastGenerator``: torch.compile, CUDA graphs) on the same
+    prompt: the best of three generations, and the time a token takes."""
+    t0 = time.perf_counter()
+    gen = FastGenerator(target, B=1, S_max=S_max)
+    gen.warmup(prompt.shape[1])
+    compile_s = time.perf_counter() - t0
+    runs = [gen.generate(prompt, new).decode_tokens_per_s for _ in range(3)]
+    print(f"compiled decode (FastGenerator, {compile_s:.0f} s to compile): {max(runs):.1f} tok/s")
+    del gen
+    torch.cuda.empty_cache()
+    return {"tok_per_s": max(runs), "runs": runs, "compile_s": compile_s, "step_s": 1 / max(runs)}
+
+
+def _finish_pair(rows_args, verify: dict, t_step: float, t_draft: float, alpha: float, **extra) -> dict:
+    c = t_draft / t_step
+    print(f"\ntarget step {t_step * 1e3:.2f} ms, draft step {t_draft * 1e3:.2f} ms: c = {c:.3f}")
+    print("verification, T tokens in one forward, in target steps: "
+          + ", ".join(f"T={T}: {s / t_step:.2f}" for T, s in verify.items()))
+    rows = speculative_rows(*rows_args, t_step, c, alpha=alpha, spec=extra.pop("spec", None))
+    for r in rows:  # the refined prediction: the measured verification time instead of one step
+        k = r["k"]
+        r["S_measured_costs"] = r["E_measured"] * t_step / (k * t_draft + verify.get(k + 1, verify[max(verify)]))
+    print_rows(rows, f"acceptance drawn at alpha = {alpha:.3f} (random weights): speed-up over one target step per token")
+    return dict(extra, target_step_s=t_step, draft_step_s=t_draft, c=c, verify_s=verify, alpha_given=alpha, rows=rows)
+
+
+def compiled_pair(spec, prompt, new: int, S_max: int, baseline: dict, alpha: float, t0: float) -> dict:
+    """The round's forwards compiled: c and the verification curve from those forwards (each
+    timed alone in a CUDA graph), relative to a token of the compiled decoder (the baseline the
+    speed-up is measured against), then k = 1..8 with one generator (``set_k``)."""
+    verify, t_draft = compiled_costs(spec)
+    compile_s = time.perf_counter() - t0
+    print(f"compiled the round's forwards and timed them: {compile_s:.0f} s")
+    return _finish_pair((spec.target, spec.draft, prompt, new, S_max), verify, baseline["step_s"], t_draft, alpha,
+                        spec=spec, compiled_round=True, spec_compile_s=compile_s,
+                        baseline="a token of the compiled decoder (FastGenerator)")
+
+
+def graph_pair(target, draft, prompt, new: int, S_max: int, alpha: float) -> dict:
+    """The round's forwards uncompiled: one target graph step is the unit."""
+    verify = verification_curve(target, S_max)
+    t_draft = decode_step_seconds(draft, S=S_max - 1, repeats=30)
+    return _finish_pair((target, draft, prompt, new, S_max), verify, verify[1], t_draft, alpha,
+                        compiled_round=False, baseline="one target decode step, a CUDA-graph replay")
