@@ -232,3 +232,7 @@ def graph_pair(target, draft, prompt, new: int, S_max: int, alpha: float) -> dic
     t_draft = decode_step_seconds(draft, S=S_max - 1, repeats=30)
     return _finish_pair((target, draft, prompt, new, S_max), verify, verify[1], t_draft, alpha,
                         compiled_round=False, baseline="one target decode step, a CUDA-graph replay")
+
+
+if __name__ == "__main__":
+    main()

@@ -72,7 +72,7 @@ ax.plot(Ts, t_forward[0] * np.array(Ts) * 1e3, ":", color=COLORS["naive"], label
 ax.set(xscale="log", yscale="log", xlabel="tokens in one forward, T", ylabel="ms",
        title=f"Verifying T tokens vs generating them ({env.info.type})")
 ax.set_xticks(Ts, [str(T) for T in Ts])
-ax.legend(fontsize=8)
+ax.legend()
 plt.show()
 
 # %%
@@ -158,7 +158,7 @@ ax.bar(x - 0.2, exact[top], 0.4, color=COLORS["theory"], label="target's exact p
 ax.bar(x + 0.2, empirical[top], 0.4, color=COLORS["measured"], label=f"speculative, {n_draws} draws")
 ax.set_xticks(x, [repr(chr(int(t))) for t in top])
 ax.set(ylabel="probability", title=f"Token after {prompt_text.decode()!r} + one sampled token")
-ax.legend(fontsize=8)
+ax.legend()
 plt.show()
 direct = torch.multinomial(exact.float(), n_draws, replacement=True, generator=torch.Generator().manual_seed(1))
 tv_direct = 0.5 * (torch.bincount(direct, minlength=256) / n_draws - exact).abs().sum().item()
@@ -207,7 +207,7 @@ a1.set(xlabel="k (tokens drafted per round)", ylabel="acceptance rate α", title
 a2.plot(ks, [k + 1 for k in ks], ":", color=COLORS["theory"], label="k + 1 (every draft accepted)")
 a2.set(xlabel="k", ylabel="tokens per target call", title="E: measured vs (1 − α^(k+1)) / (1 − α)")
 for ax in (a1, a2):
-    ax.legend(fontsize=7)
+    ax.legend()
 plt.show()
 
 # %%
@@ -292,7 +292,7 @@ for (name, color) in zip(drafts, (COLORS["cached"], COLORS["naive"])):
     ax.plot([r["k"] for r in rs], [r["refined"] for r in rs], ":", color=color, label=f"{name}: with the measured verification time")
 ax.axhline(1, color="grey", lw=1)
 ax.set(xlabel="k", ylabel="speed-up over the target alone", title=f"Greedy speculative decoding, SmolLM2-135M ({env.info.type})")
-ax.legend(fontsize=7)
+ax.legend()
 plt.show()
 
 # %% [markdown]
@@ -373,15 +373,25 @@ else:
 # %% [markdown]
 # These models are tiny (4 and 1 layers, D = 128 and 64): a step costs microseconds of launch and
 # latency, not a weight read, so the draft is not much cheaper than the target (c above) and the
-# speed-up stays small, or under 1, whatever α (the table). The lecture's regime is a
+# speed-up stays small, or under 1, whatever α (the table). The formula overestimates here by more
+# than at the real shapes below (the error column): it counts k draft steps and one verification,
+# and next to a step this short the rest of a round (the accept/reject decision, the draws, the
+# bookkeeping, each a small kernel) is no longer negligible. The lecture's regime is a
 # memory-bound target: there a draft step costs its share of the bytes, and verifying k + 1
 # tokens costs one step.
 #
 # **Real shapes.** `python -m lecture_lib.measure.spec_bench` times the same fast path for a
-# Llama-3-8B-shape target with a Llama-3.2-1B-shape draft (random bf16 weights), with each drafted
-# token accepted with probability α (the trained pair's α at k = 4, measured in the same run),
-# because random weights make the models' own agreement meaningless; every other cost of a round is
-# real. The stored run (`data/reference/h200/`), and its prediction error:
+# Llama-3-8B-shape target with Llama-3.2-1B-shape drafts (random bf16 weights). Random weights make
+# the models' own agreement meaningless, so each drafted token is accepted with a drawn
+# probability (`--alpha 0.7`, the issue's bar for a good pair; the flags come from a seed, and the α
+# column is what was drawn); every other cost of a round is real. Two stored H200 runs
+# (`data/reference/h200/`):
+# - **uncompiled** round: the models' eager forwards captured in the round's CUDA graph;
+# - **compiled** round (`--compile --draft-layers 4 16`): both forwards through `torch.compile`
+#   first, as the library's compiled decoder (`FastGenerator`) is. The unit is then a token of that
+#   decoder, measured in the same process, and the speed-up is over it. Two drafts: the 1B shape
+#   (16 layers), and the same shape cut to 4 layers, cheap in time as well as in bytes, like the
+#   lecture's 4B draft for a 70B target.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -390,44 +400,68 @@ import json
 from lecture_lib.paths import data_path
 
 with open(data_path("reference/h200/speculative_h200.json")) as f:
-    bench = json.load(f)
-shapes = bench["real_shapes"]
-print(f"{bench['gpu']}: {shapes['target']} step {shapes['target_step_s'] * 1e3:.2f} ms, "
-      f"{shapes['draft']} step {shapes['draft_step_s'] * 1e3:.2f} ms, c = {shapes['c']:.3f}")
-print("verifying T tokens in one forward, in target steps: "
-      + ", ".join(f"T={T}: {s / shapes['target_step_s']:.2f}" for T, s in shapes["verify_s"].items()))
-print_rows(shapes["rows"], f"acceptance drawn at α = {shapes['alpha_given']:.3f}; speed-up over one target graph step per token")
-if "compiled_tok_per_s" in shapes:
-    best = max(shapes["rows"], key=lambda r: r["tok_per_s"])
-    print(f"\nthe library's compiled decoder (FastGenerator): {shapes['compiled_tok_per_s']:.1f} tok/s; best speculative "
-          f"(k = {best['k']}): {best['tok_per_s']:.1f} tok/s, {best['tok_per_s'] / shapes['compiled_tok_per_s']:.2f}x that")
-print(f"prediction error |measured / S - 1|: at most {max(abs(r['error']) for r in shapes['rows']):.0%} over k = "
-      f"{', '.join(str(r['k']) for r in shapes['rows'])}")
+    uncompiled = json.load(f)["real_shapes"]
+with open(data_path("reference/h200/speculative_compiled_h200.json")) as f:
+    compiled_run = json.load(f)
+base = compiled_run["compiled_decode"]
+best_uncompiled = max(uncompiled["rows"], key=lambda r: r["tok_per_s"])
+print(f"uncompiled round, {uncompiled['draft']} draft: c = {uncompiled['c']:.3f}; best k = {best_uncompiled['k']}: "
+      f"{best_uncompiled['tok_per_s']:.0f} tok/s = {best_uncompiled['tok_per_s'] / uncompiled['compiled_tok_per_s']:.2f}x "
+      f"the compiled decoder of that run ({uncompiled['compiled_tok_per_s']:.0f} tok/s)")
+print(f"\ncompiled round ({compiled_run['gpu']}): the compiled decoder runs {base['tok_per_s']:.1f} tok/s "
+      f"({base['step_s'] * 1e3:.2f} ms a token)")
+for pair in compiled_run["pairs"]:
+    print(f"\n{pair['target']} + {pair['draft']}: draft step {pair['draft_step_s'] * 1e3:.2f} ms, c = {pair['c']:.3f}; "
+          "verifying T tokens costs " + ", ".join(f"{float(s) / pair['target_step_s']:.2f}" for T, s in
+                                                   list(pair["verify_s"].items())[:4]) + " tokens (T = 2..5)")
+    print(f"{'k':>3} {'alpha':>6} {'E':>5} {'speed-up':>9} {'S=E/(kc+1)':>11} {'error':>7} {'S, measured costs':>18} {'error':>7}")
+    for r in pair["rows"]:
+        print(f"{r['k']:>3} {r['alpha']:6.3f} {r['E_measured']:5.2f} {r['speedup']:8.2f}x {r['S_formula']:10.2f}x "
+              f"{r['error']:+7.1%} {r['S_measured_costs']:17.2f}x {r['speedup'] / r['S_measured_costs'] - 1:+7.1%}")
 
 fig, ax = plt.subplots()
-ax.plot([int(T) for T in shapes["verify_s"]], [s / shapes["target_step_s"] for s in shapes["verify_s"].values()],
-        "o-", color=COLORS["measured"])
-ax.set(xlabel="tokens T in one target forward", ylabel="time / one decode step", ylim=(0, None),
-       title=f"{shapes['target']}: verifying T tokens ({bench['gpu']})")
+for pair, color in zip(compiled_run["pairs"], (COLORS["cached"], COLORS["naive"])):
+    ks = [r["k"] for r in pair["rows"]]
+    ax.plot(ks, [r["speedup"] for r in pair["rows"]], "o-", color=color, label=f"{pair['draft']}: measured")
+    ax.plot(ks, [r["S_measured_costs"] for r in pair["rows"]], ":", color=color, label="predicted, measured costs")
+    ax.plot(ks, [r["S_formula"] for r in pair["rows"]], "--", color=color, alpha=0.5, label="E/(kc+1)")
+ax.axhline(1, color="grey", lw=1)
+ax.set(xlabel="k", ylabel="speed-up over the compiled decoder", ylim=(0, None),
+       title=f"{compiled_run['pairs'][0]['target']}, compiled round ({compiled_run['gpu']})")
+ax.legend(loc="lower right", ncol=2)
 plt.show()
 
+# %%
+shallow = min(compiled_run["pairs"], key=lambda p: p["c"])
+best = max(shallow["rows"], key=lambda r: r["tok_per_s"])
+print(f"best: {shallow['draft']} at k = {best['k']}, alpha = {best['alpha']:.3f}: "
+      f"{best['tok_per_s'] / base['tok_per_s']:.2f}x the compiled decoder, measured in the same process")
+worst_simple = max(abs(r["error"]) for p in compiled_run["pairs"] for r in p["rows"])
+worst_costs = max(abs(r["speedup"] / r["S_measured_costs"] - 1) for p in compiled_run["pairs"] for r in p["rows"])
+print(f"prediction error over k = 1..8 and both drafts: E/(kc+1) at most {worst_simple:.0%}; "
+      f"with the measured verification cost at most {worst_costs:.0%}")
+assert all(r["alpha"] >= 0.7 for r in shallow["rows"]), "the stored run's drawn acceptance should be at least 0.7"
+assert best["tok_per_s"] / base["tok_per_s"] >= 1.8, "the stored run should show the >= 1.8x speed-up"
+assert worst_costs < 0.10, "with the measured costs the prediction should hold within 10%"
+assert all(r["speedup"] < r["S_formula"] for p in compiled_run["pairs"] for r in p["rows"]), \
+    "E/(kc+1) counts verification as one token, so it should sit above every measurement"
+
 # %% [markdown]
-# What the stored run shows:
-# - **Verification is nearly free.** A forward over a handful of tokens costs little more than
-#   one decode step at the 8B shape (the plot): the memory-bound regime the argument needs.
-# - **The formula predicts the fast path**, within the error column: S = E/(k·c + 1) with α and c
-#   measured in the same run. The measurement sits a little under it, by the verification's
-#   extra cost over one step (the plot) and the draft's two-token first step.
-# - **But c is large here, so the speed-up is small.** The 1B-shape draft has 19 % of the 8B
-#   target's bytes, yet its step costs about a third of the target's: on this uncompiled
-#   graph path every layer pays for a few dozen small kernels (tens of microseconds a layer even
-#   in a CUDA graph), and the 16-layer draft pays half of the 32-layer target's share of that.
-#   With c near 0.3 and α near 0.6 the best k is small and the speed-up modest, and the
-#   library's compiled decoder (Inductor fuses those kernels) is faster still than this
-#   speculative path. The lecture's regime (Chinchilla 70B with a 4B draft: 1.92×, 2.01×,
-#   2.46× at K = 4) needs a draft that is cheap in time, not only in bytes, and α near 0.8:
-#   with c = 0.1 and α = 0.8 the formula gives 2.35× at k = 4 (next section's model, B = 1). Compiling
-#   the round's forwards, so that c approaches the byte ratio, is the step this path lacks.
+# What the stored runs show:
+# - **Compiling the round is what makes a draft cheap in time.** Uncompiled, each layer pays for
+#   dozens of small kernels even inside a graph, so the 16-layer draft costs far more than its
+#   share of the bytes and speculation loses to the compiled decoder (first line). Compiled, the
+#   same draft's c drops toward its byte ratio.
+# - **A shallow draft wins.** The 4-layer draft's step costs a few percent of a target token, so
+#   k can grow to 4 or 5 before drafting eats the gain, and the measured speed-up over the library's
+#   own compiled decoder is of the lecture's order (Chinchilla 70B with a 4B draft: 1.92×, 2.01×,
+#   2.46× at K = 4), at an α of a good pair.
+# - **The formula holds once verification is priced right.** E/(k·c + 1) counts the target's
+#   forward over k + 1 tokens as one token; on this path it costs about a tenth more (the printed
+#   curve), so the simple formula sits above every measurement. With the measured verification and
+#   draft times in its denominator the prediction holds within the asserted 10 %.
+# - The α here is drawn, not the models' own: the speed-up is the one a pair with this acceptance
+#   gets on these shapes. Section 3 measures real acceptances on trained models.
 #
 # ## 6. Where speculation stops paying
 #
@@ -475,9 +509,10 @@ plt.show()
 #   S = E / (k·c + 1), with c the draft's cost relative to the target.
 # - Drafts need not be separate models: the target's first layers (layer skip) or n-gram lookup
 #   in the prompt cost nothing to train.
-# - On the fast path (static caches, a round as one CUDA graph) the measured speed-up follows the
-#   formula with the α and c measured beside it; how large it is depends on c being small in
-#   time, which an uncompiled draft of 16 layers is not.
+# - On the fast path (static caches, a round as one CUDA graph, both forwards compiled) the
+#   measured speed-up follows the formula once the verification's measured cost replaces "one
+#   step"; a shallow draft, cheap in time and not only in bytes, beats the compiled decoder by
+#   the lecture's margin at α ≥ 0.7 (section 5's stored H200 run).
 # - At large batch the verification stops being free and speculation stops paying.
 #
 # ## Exercises
