@@ -63,3 +63,44 @@ def test_decode_sweep_catches_out_of_memory_on_cuda():
     points += decode_sweep(cfg, [1], B=2, S=48, device="cuda", dtype=torch.bfloat16, repeats=1, rounds=1)
     assert points[0].oom and points[0].timing is None
     assert not points[1].oom and points[1].peak_bytes > 0
+
+
+@pytest.mark.parametrize("K", [8, 2, 1])
+def test_grouped_decode_cache_gives_the_plain_cache_logits(K):
+    from lecture_lib.gqa import GroupedDecodeKVCache
+    torch.manual_seed(0)
+    model = Transformer(tiny(K=K)).eval()
+    x = torch.randint(0, 97, (2, 12))
+    plain, grouped = KVCache.for_model(model, 2, 16), GroupedDecodeKVCache.for_model(model, 2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[:, :8], grouped, 0), model(x[:, :8], plain, 0))  # prefill
+        for p in range(8, 12):  # decode steps: the grouped path, one token at a time
+            torch.testing.assert_close(model(x[:, p:p + 1], grouped, p), model(x[:, p:p + 1], plain, p),
+                                       atol=1e-5, rtol=1e-5)
+        # a later chunk of several tokens (masked prefill at pos > 0) as well
+        torch.testing.assert_close(model(x[:, 8:12], grouped, 8), model(x[:, 8:12], plain, 8), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="int positions"):
+        model(x[:, :1], grouped, torch.tensor([3]))
+
+
+def test_decode_sweep_graphed_on_cpu_runs_eager_and_records_bytes():
+    from lecture_lib.measure.gqa_sweep import decode_sweep_graphed, sweep_batch
+    cfg = tiny(S_max=32)
+    points = decode_sweep_graphed(cfg, [8, 2, 1], B=2, S=48, device="cpu", repeats=2, rounds=2)
+    for p in points:
+        assert not p.oom and p.timing.n == 4 and p.step_time > 0 and p.eager_timing is None
+        assert p.kv_cache_bytes == 2 * 48 * 2 * 2 * p.K * 8 * 4
+        assert p.bytes_per_step == p.kv_cache_bytes + p.weight_bytes - (97 - 2) * 64 * 4
+    assert sweep_batch(cfg, [8, 1], S=48, device="cpu", max_B=5)[0] == 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_decode_sweep_graphed_on_cuda_follows_the_bytes():
+    from lecture_lib.measure.gqa_sweep import decode_sweep_graphed, sweep_batch
+    cfg = ModelConfig(L=2, D=256, N=8, K=8, H=64, F=512, V=512, S_max=8192)
+    B, _ = sweep_batch(cfg, [8, 1], S=8192, device="cuda", dtype=torch.float16, max_B=8)
+    assert B >= 1
+    points = decode_sweep_graphed(cfg, [8, 1], B=B, S=8192, device="cuda", dtype=torch.float16, repeats=5, rounds=2)
+    mha, mqa = points
+    assert mha.eager_timing is not None and mha.peak_bytes > mqa.peak_bytes
+    assert mqa.step_time < 0.5 * mha.step_time  # 8x fewer KV bytes, and the cache dominates

@@ -9,6 +9,7 @@ What lives here:
 - ``linear``: ``Int8Linear``, ``Int4Linear``, and swapping them into a model.
 - ``outliers``: LLM.int8()'s outlier channels and mixed decomposition; capturing layer inputs.
 - ``int8_gemv``: the Triton int8 matrix-vector kernel ``Int8Linear`` uses for decode on CUDA.
+- ``variants``: the named variants notebook 06 compares ("int8 per channel", "int4 groups of 64").
 
 What does not: the int8 KV cache is a cache (``lecture_lib.cache.Int8KVCache``, built on
 ``schemes``); perplexity and KL of a quantized model are measurements (``lecture_lib.measure.quality``).
@@ -22,6 +23,7 @@ from .linear import (Int4Linear, Int8Linear, group_size_for, linear_layers, pack
 from .outliers import capture_inputs, int8_matmul, llm_int8_matmul, outlier_channels
 from .schemes import (dequantize, dequantize_absmax, dequantize_zeropoint, error_bound, fake_quantize,
                       quantize, quantize_absmax, quantize_zeropoint, relative_error)
+from .variants import VARIANTS, layer_kinds, quantize_variant_, quantized_copy
 
 __all__ = [
     "format_table", "float8_values", "fake_quantize_float8",
@@ -33,4 +35,5 @@ __all__ = [
     "quantize_model_", "quantize_int4_", "quantize_int4_per_channel_", "group_size_for",
     "linear_layers", "replace_linears_", "weight_bytes",
     "outlier_channels", "int8_matmul", "llm_int8_matmul", "capture_inputs",
+    "VARIANTS", "quantize_variant_", "quantized_copy", "layer_kinds",
 ]

@@ -9,19 +9,10 @@
 # what it costs is accuracy. This notebook measures both sides on real weights (random weights
 # say nothing about quality): a small model **trained** by the repository for the controlled
 # experiments on one weight matrix, and a real chat model, SmolLM2-135M-Instruct, for the
-# activations, the whole-model quality and the speed.
+# activations and the whole-model quality; random weights of a real shape for the speed on a GPU.
 #
-# In this notebook you will
-# 1. read the number formats (fp32, bf16, fp16, fp8, int8, int4) from `torch.finfo`/`iinfo`,
-#    and correct the lecture's fp8 range,
-# 2. run the lecture's quantize/dequantize example by hand, then compare absmax with zero-point,
-# 3. measure the error of per-tensor, per-channel and per-group scales from 2 to 8 bits against
-#    the bound scale/2,
-# 4. look for outliers in the activations of the real model and see why they break absmax
-#    (the motivation of LLM.int8()),
-# 5. quantize the real model's weights to int8 and int4: held-out perplexity, KL divergence,
-#    bytes and decode speed side by side; then the KV cache to int8,
-# 6. see how int8 weights move the critical batch size.
+# *On a projector:* set `LECTURE_PRESENTATION=1` before starting Jupyter, or call
+# `setup(presentation=True)` in the first code cell, for larger fonts in every figure.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -34,19 +25,34 @@ import torch
 import torch.nn.functional as F_
 from tqdm.auto import tqdm
 
-from lecture_lib import analysis, corpus, get_config, pretrained, quant
+from lecture_lib import analysis, corpus, devices, get_config, pretrained, quant
 from lecture_lib.cache import Int8KVCache, KVCache
 from lecture_lib.checkpoints import load_checkpoint, load_meta
 from lecture_lib.decode import generate_cached
 from lecture_lib.plotting import COLORS, human_bytes
 from lecture_lib.measure.quality import cached_perplexity, perplexity_and_kl
 from lecture_lib.measure import ceilings
-from lecture_lib.measure.timing import decode_step_seconds
-from lecture_lib.quant import capture_inputs, quantize_int4_
+from lecture_lib.measure.bench import build_model
+from lecture_lib.measure.quant_speed import measure_variants, speed_shape
+from lecture_lib.quant import capture_inputs
 from lecture_lib.notebook import setup
 from lecture_lib.widgets import interact
 
 env = setup(seed=0)
+
+# %% [markdown]
+# In this notebook you will
+# 1. read the number formats (fp32, bf16, fp16, fp8, int8, int4) from `torch.finfo`/`iinfo`,
+#    and correct the lecture's fp8 range,
+# 2. run the lecture's quantize/dequantize example by hand, then compare absmax with zero-point,
+# 3. measure the error of per-tensor, per-channel and per-group scales from 2 to 8 bits against
+#    the bound scale/2,
+# 4. look for outliers in the activations of the real model and see why they break absmax
+#    (the motivation of LLM.int8()),
+# 5. quantize the real model's weights to int8 and int4: held-out perplexity, KL divergence and
+#    bytes; the decode speed at batch 1 (and, on a GPU, at a large batch and in prefill); then
+#    the KV cache to int8,
+# 6. see how int8 weights move the critical batch size.
 
 # %% [markdown]
 # ## 1. Number formats
@@ -108,7 +114,7 @@ ax.plot(pos, np.full_like(pos, 1), "|", ms=18, color=COLORS["cached"], label=f"f
 ax.plot(int8_grid, np.full_like(int8_grid, 0), "|", ms=18, color=COLORS["naive"], label="int8 × (448/127) (127 positive values)")
 ax.set(xscale="log", yticks=[], ylim=(-0.8, 1.8), xlabel="value (log scale)",
        title="Where the representable positive values lie")
-ax.legend(loc="upper left", fontsize=8)
+ax.legend(loc="upper left")
 plt.show()
 
 # %% [markdown]
@@ -253,7 +259,7 @@ ax.plot([], [], "kx:", label="same, zero-point")
 ax.plot([], [], "k--", lw=0.8, label="theory: scale/√12 (absmax)")
 ax.set(yscale="log", xlabel="bits per weight", ylabel="relative error ‖W − Ŵ‖ / ‖W‖",
        title="Quantization error of a real weight matrix (layers.1.mlp.w_up)")
-ax.legend(fontsize=8)
+ax.legend(loc="best")
 plt.show()
 
 # %% [markdown]
@@ -261,11 +267,13 @@ plt.show()
 # - Each extra bit halves the step, so the error halves: straight lines on a log axis, a factor of 2
 #   a bit (checked below from 4 to 8 bits, where the uniform-rounding model holds).
 # - Finer granularity is lower at every width: a group's scale is set by its own largest value.
-#   From 3 bits up, going from one scale per tensor to one per group of 16 is worth more than one
+#   From 4 bits up, going from one scale per tensor to one per group of 16 is worth more than one
 #   extra bit: the group-of-16 curve at b bits lies below the per-tensor curve at b + 1.
-# - At 2 and 3 bits the measured error falls *below* the scale/√12 line (clearest per tensor): most
+# - At 2 bits the measured error falls *below* the scale/√12 line (most clearly per tensor): most
 #   weights round to the code 0, whose error is the weight itself, smaller than a step. The theory
 #   assumes errors spread over a whole step; with so few levels that no longer holds.
+
+# %% [markdown]
 # - Zero-point (dotted) is a little better than absmax even on weights, most of all at few bits
 #   and in small groups: it has one more code (absmax leaves −2^(b−1) unused to stay symmetric: at
 #   2 bits that is 3 levels instead of 4), and the min and max of 16 weights are rarely symmetric.
@@ -284,6 +292,16 @@ for b in bit_range:
     e = [errors[label, "absmax", b] for label, _, _ in granularities]
     assert all(a >= c for a, c in zip(e, e[1:])), f"{b} bits: finer granularity should not be worse"
     assert e[0] > 1.3 * e[-1], f"{b} bits: per-group-16 should clearly beat per-tensor"
+for b in range(4, 8):  # one scale per 16 weights is worth more than one extra bit
+    assert errors["per group of 16", "absmax", b] < errors["per tensor", "absmax", b + 1]
+# at 2 bits the error falls below the uniform-rounding line, most of all per tensor
+below = {label: errors[label, "absmax", 2] / theory[label, "absmax", 2] for label, _, _ in granularities}
+assert below["per tensor"] < 0.85 and below["per tensor"] == min(below.values()), below
+# zero-point beats absmax everywhere, and by more at fewer bits and in smaller groups
+zp_gain = {(label, b): errors[label, "zeropoint", b] / errors[label, "absmax", b] for label, _, _ in granularities for b in bit_range}
+assert all(r < 1 for r in zp_gain.values())
+assert all(zp_gain[label, 2] < zp_gain[label, 8] for label, _, _ in granularities)
+assert all(zp_gain["per group of 16", b] < zp_gain["per tensor", b] for b in bit_range)
 
 # %% [markdown]
 # Try it: pick the bit width, scheme and granularity and see the error (the drawing function uses
@@ -296,7 +314,7 @@ def draw_quant(bits=4, scheme="absmax", granularity="channel", group_size=16, ro
     a1.plot(W[row, :64].numpy(), "o", ms=4, color=COLORS["theory"], label="w")
     a1.plot(W_hat[row, :64].numpy(), "_", ms=9, mew=2, color=COLORS["measured"], label="ŵ (dequantized)")
     a1.set(title=f"row {row}, first 64 weights", xlabel="input index")
-    a1.legend(fontsize=8)
+    a1.legend(loc="best")
     a2.hist((W_hat - W).flatten().numpy(), bins=100, color=COLORS["cached"])
     a2.set(title=f"{bits}-bit {scheme}, per {granularity}: relative error {quant.relative_error(W_hat, W):.4f}",
            xlabel="ŵ − w (whole matrix)")
@@ -317,17 +335,19 @@ _ = interact(draw_quant, bits=w_.IntSlider(4, 2, 8), scheme=["absmax", "zeropoin
 # %% [markdown]
 # *Takeaway: error ≈ scale/√12 and halves with every bit; finer scales (per channel, per group)
 # lower it at the price of storing more scales.*
-#
+
+# %% [markdown]
 # ## 4. Outliers: why absmax breaks on activations (LLM.int8())
 #
 # Weight-only quantization keeps activations in bf16. Quantizing the activations too (so that the
 # matmul itself runs in int8) meets a problem that LLM.int8() (Dettmers et al., 2022) found in
 # large models (from about 6.7B parameters on): a few **feature dimensions** carry values up to
-# 20× larger than the rest, in most tokens. An int8 matmul needs one scale per **row** of x (per token), not per column: the
-# scale must factor out of the sum over the inner dimension. So one outlier feature sets the scale
+# 20× larger than the rest, in most tokens. An int8 matmul needs one scale per **row** of x (per
+# token), not per column: the scale must factor out of the sum over the inner dimension. So one outlier feature sets the scale
 # of every token it appears in, and the ordinary features are crushed into a few codes.
 # LLM.int8()'s fix: multiply the outlier dimensions separately in 16-bit and the rest in int8.
-#
+
+# %% [markdown]
 # Do a real model's activations have outliers? We load SmolLM2-135M-Instruct (`pretrained.load`:
 # the cache, else the hub's bf16 original, else the Q4_1 copy in a PyPI wheel; its origin is
 # printed), in fp32 so that the only rounding in what follows is the one we add. We capture the
@@ -376,7 +396,7 @@ fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.5))
 a1.vlines(np.arange(len(per_dim)), 0, per_dim.numpy(), color=COLORS["cached"], lw=1)
 a1.axhline(threshold, color=COLORS["measured"], ls="--", label=f"6 × median = {threshold:.2f}")
 a1.set(title=f"input of {worst}: largest |x| per feature dim", xlabel="feature dimension", ylabel="max |x| over tokens")
-a1.legend(fontsize=8)
+a1.legend(loc="best")
 tok_share = (x_w.abs() > threshold).any(1).float().mean().item()
 a2.hist(x_w.flatten().numpy(), bins=100, color=COLORS["theory"], log=True)
 a2.set(title="all values (log counts)", xlabel="x")
@@ -445,6 +465,7 @@ assert synth[-1][1] < 2 * synth[0][1] + 1e-3, "the decomposition should stay as 
 # The int8 error grows with α: the outlier sets the scale of every token it appears in, so every
 # other feature of that token gets α times fewer codes. With the outlier dims split off, the error
 # stays where it was.
+#
 # LLM.int8() pays for this with a second matmul and a gather (the lecture: 15–23% slower than
 # fp16). Later methods avoid the split: **SmoothQuant** rescales the outlier dims into the weights
 # (as above, backwards), **AWQ** protects the ~1% of weights that meet large activations by scaling
@@ -453,14 +474,15 @@ assert synth[-1][1] < 2 * synth[0][1] + 1e-3, "the decomposition should stay as 
 # *Takeaway: activations, unlike weights, have outlier features in large models; per-token absmax
 # cannot absorb them, and keeping those few dims in 16-bit (or moving their magnitude into the
 # weights) restores int8 accuracy.*
-#
+
+# %% [markdown]
 # ## 5. Weight-only int8 and int4 on the real model
 #
 # Now the whole model. Weight-only quantization stores the linear layers' weights as int8
 # (`quant.Int8Linear`, one absmax scale per output channel) or int4 (`quant.Int4Linear`, zero-point,
 # two weights a byte). Activations, the KV cache, norms and the embedding stay in full precision,
 # and so does SmolLM2's output layer, which shares its matrix with the embedding (a tied head).
-# The variants:
+# The variants (`quant.VARIANTS`, made by `quant.quantized_copy`):
 #
 # | variant | codes | scales |
 # | --- | --- | --- |
@@ -470,7 +492,8 @@ assert synth[-1][1] < 2 * synth[0][1] + 1e-3, "the decomposition should stay as 
 #
 # Groups must tile each row exactly: SmolLM2's input dims (576, 1536) share the divisors 64 and 32,
 # the group sizes llama.cpp and the int4 kernels use.
-#
+
+# %% [markdown]
 # **Quality**: held-out perplexity, and the **KL divergence** from the unquantized model's
 # next-token distribution (nats per token). When the damage is a fraction of a percent of
 # perplexity, whether the perturbed model scores a little better or worse on a particular sample of
@@ -483,152 +506,203 @@ assert synth[-1][1] < 2 * synth[0][1] + 1e-3, "the decomposition should stay as 
 # %%
 # NBVAL_IGNORE_OUTPUT
 n_windows = env.size(cpu=8, gpu=32)  # windows of 256 held-out tokens to score
-variants = ["unquantized", "int8 per channel", "int4 per channel", "int4 groups of 64", "int4 groups of 32"]
-
-
-def quantized(model, variant):
-    m = copy.deepcopy(model)
-    if variant == "int8 per channel":
-        quant.quantize_model_(m, bits=8)
-    elif variant == "int4 per channel":
-        quantize_int4_(m, max_group=None)  # one group = the whole input row
-    elif variant.startswith("int4 groups of"):
-        # "auto": the CUDA int4 kernel for a bf16 model on a GPU, the portable form otherwise
-        quant.quantize_model_(m, bits=4, group_size=int(variant.split()[-1]), backend="auto")
-    return m
-
-
-quality = {}
+variants = quant.VARIANTS
+quality, quality_bytes = {}, {}
 for v in tqdm(variants, desc="perplexity and KL"):
-    quality[v] = perplexity_and_kl(quantized(real.model, v), real.model, real_tokens, B=4, max_windows=n_windows)
+    m = quant.quantized_copy(real.model, v)
+    quality[v] = perplexity_and_kl(m, real.model, real_tokens, B=4, max_windows=n_windows)
+    quality_bytes[v] = quant.weight_bytes(m)
+    del m
+b0_q = quality["unquantized"]
+print(f"{'variant':<19}{'perplexity':>11}{'vs base':>9}{'KL (nats/token)':>17}{'weights (fp32 model)':>22}")
 for v in variants:
-    print(f"{v:<20} held-out perplexity {quality[v][0]:.4f} per token, KL to the unquantized model "
-          f"{quality[v][1]:.5f} nats/token")
+    print(f"{v:<19}{quality[v][0]:>11.4f}{quality[v][0] / b0_q[0] - 1:>+9.2%}{quality[v][1]:>17.5f}"
+          f"{human_bytes(quality_bytes[v]):>22}")
 print(f"({n_windows} windows of 256 held-out tokens)")
 
-# %% [markdown]
-# **Speed.** One decode step at batch 1 (the memory-bound case), with 64 tokens in the KV cache
-# (`measure.timing.decode_step_seconds`). On a GPU the step is captured in a CUDA graph, so kernel
-# launches do not hide the memory wall, and the model runs in bf16: int8 layers use the library's
-# Triton kernel, int4 layers the CUDA int4 kernel where their group size allows it. On a CPU the
-# step runs eager in fp32, and `quant.use_cpu_kernels_` switches the quantized layers to
-# PyTorch's packed CPU kernels (bf16 activations) where they exist (int4 groups of 32, 64, 128 or
-# 256). A layer without a kernel runs the portable form, which dequantizes the whole weight at
-# every call. The table also gives the weight bytes as stored (`quant.weight_bytes`).
-
 # %%
-# NBVAL_IGNORE_OUTPUT
-speed_model = real.model if env.dtype == torch.float32 else copy.deepcopy(real.model).to(env.dtype)
-table = []
-for v in variants:
-    m = quantized(speed_model, v)
-    kernels = quant.use_cpu_kernels_(m) if env.device.type == "cpu" else None
-    kinds = sorted({type(mod).__name__ + ("" if getattr(mod, "backend", getattr(mod, "kernel", "")) in ("", "auto")
-                                          else f"[{getattr(mod, 'backend', getattr(mod, 'kernel', ''))}]")
-                    for mod in m.modules() if isinstance(mod, (quant.Int8Linear, quant.Int4Linear))})
-    step = min(decode_step_seconds(m, B=1, S=64) for _ in range(env.size(cpu=3, gpu=2)))  # least disturbed run
-    linear = [mod for name, mod in m.named_modules() if hasattr(mod, "in_features") and name != "lm_head"]
-    lin_bytes = sum(quant.weight_bytes(mod) for mod in linear)
-    n_lin = sum(mod.in_features * mod.out_features for mod in linear)
-    table.append(dict(variant=v, ppl=quality[v][0], kl=quality[v][1], bytes=quant.weight_bytes(m),
-                      linear_bytes=lin_bytes, bits_per_weight=8 * lin_bytes / n_lin, step=step,
-                      layers=", ".join(kinds) or "nn.Linear"))
-    del m
-
-dtype_name = str(env.dtype).removeprefix("torch.")
-how = "CUDA graph" if env.on_gpu else "eager"
-print(f"quality in fp32 ({n_windows} windows); bytes and speed of the {dtype_name} model on {env.device.type} ({how})\n")
-print(f"{'variant':<19}{'perplexity':>11}{'vs base':>9}{'KL (nats)':>11}{'weights':>11}{'bits/w':>8}"
-      f"{'step ms':>9}{'speed':>8}  layers")
-b0 = table[0]
-for r in table:
-    print(f"{r['variant']:<19}{r['ppl']:>11.4f}{r['ppl'] / b0['ppl'] - 1:>+9.2%}{r['kl']:>11.5f}"
-          f"{human_bytes(r['bytes']):>11}{r['bits_per_weight']:>8.2f}{r['step'] * 1e3:>9.2f}"
-          f"{b0['step'] / r['step']:>7.2f}x  {r['layers']}")
-print("\n(bits/w: the linear layers, codes plus scales and zero points; speed: vs the unquantized step)")
-bandwidth = ceilings.measure_copy_bandwidth(env.device)
-floor = analysis.decode_bytes_per_step(rcfg, 1, 64, speed_model.norm.weight.element_size(),
-                                       speed_model.norm.weight.element_size()) / bandwidth
-print(f"memory floor of the unquantized step: {floor * 1e3:.3f} ms (its bytes at the measured copy bandwidth, "
-      f"{bandwidth / 1e9:,.0f} GB/s); the step took {b0['step'] * 1e3:.2f} ms: "
-      + ("mostly the weight read, so fewer bytes can shorten it" if b0["step"] < 2 * floor else
-         f"{1 - floor / b0['step']:.0%} of it is not the weight read (per-kernel costs of a small model's "
-         "~1,000 small operations), which quantization cannot shorten"))
+ppl = {v: q[0] for v, q in quality.items()}
+kl = {v: q[1] for v, q in quality.items()}
+print(f"int8: {ppl['int8 per channel'] / ppl['unquantized'] - 1:+.2%} perplexity; int4 per channel: KL "
+      f"{kl['int4 per channel'] / kl['int8 per channel']:.0f}x int8's")
+assert abs(ppl["int8 per channel"] / ppl["unquantized"] - 1) < 0.01, "int8 per channel should be within 1% of the unquantized model"
+assert kl["int4 per channel"] > 3 * kl["int8 per channel"] and kl["int4 groups of 64"] > 3 * kl["int8 per channel"], \
+    "int4 should move the model more than int8"
+assert kl["int4 per channel"] > kl["int4 groups of 64"] > kl["int4 groups of 32"], "smaller groups should move the model less"
+assert max(ppl["int4 groups of 64"], ppl["int4 groups of 32"]) < ppl["int4 per channel"], \
+    "per-group int4 should lose less perplexity than per-channel int4"
 
 # %% [markdown]
+# - 255 levels per row are plenty for weights: int8 per channel moves the model little (the
+#   smallest KL, perplexity within 1%).
+# - int4 moves it far more, and smaller groups buy quality back: the KL divergence falls from per
+#   channel to groups of 64 to groups of 32, and both group sizes lose less perplexity than per
+#   channel (asserted above; between the two group sizes the perplexity can go either way, which is
+#   why the KL is the ranking to trust).
+#
 # What the rounding does to text: the greedy reply of three variants to the same question.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 reply = {}
 for v in ("unquantized", "int8 per channel", "int4 per channel"):
-    m = quantized(real.model, v)
+    m = quant.quantized_copy(real.model, v)
     reply[v] = pretrained.Pretrained(m, real.tokenizer, v, real.origin, real.folder).chat(
         "Name three uses of a hash table.", max_new_tokens=40)
     print(f"{v:>17}: {reply[v]!r}")
     del m
 
+# %% [markdown]
+# A reply can change at the first token whose top two candidates were close; from there on the
+# text takes another path.
+#
+# **Speed.** A decode step at batch 1 is the weight read, so fewer bytes should mean a shorter
+# step, if the kernel reads the small codes directly. On a GPU, SmolLM2 is too small to show it
+# (135M parameters are read in a few hundredths of a millisecond; its step is ~1,000 small
+# kernels). So on a GPU the speed model is a **real shape with random weights** (`bench.build_model`:
+# Llama 3 8B where the memory allows, else a Llama-3.2-1B-like shape) in bf16 (fp16 on a T4),
+# quantized the same way; speed does not depend on what the weights say. On a CPU it is SmolLM2
+# itself in fp32, on one thread.
+
+# %% [markdown]
+# How each step is timed (`measure.quant_speed.measure_variants`, `timing.decode_step_seconds`):
+# one token per sequence, 64 tokens in the KV cache. On a GPU the step is a **CUDA-graph replay**
+# (no launch overhead), int8 layers run the library's Triton kernel (up to 16 rows), int4 layers
+# the CUDA int4 kernel where their group size allows it (Ampere or newer). On a CPU the step runs
+# eager and `quant.use_cpu_kernels_` switches the layers to PyTorch's packed CPU kernels (bf16
+# activations) where they exist. A layer without a kernel runs the portable form, which
+# dequantizes its whole weight at every call. The column "linear only" times the linear layers
+# alone (`quant_speed.linear_seconds`): the part of the step that quantization shrinks.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+speed_name, why_shape = speed_shape(env.device, env.dtype)
+if speed_name is None:  # a CPU (or a GPU too small for the real shapes): SmolLM2 itself
+    speed_cfg = rcfg
+    make_speed_model = lambda: copy.deepcopy(real.model).to(env.dtype)  # noqa: E731
+else:
+    speed_cfg = get_config(speed_name)
+    make_speed_model = lambda: build_model(speed_cfg, env.device, env.dtype)  # noqa: E731
+speed_label = f"{speed_name} shape, random weights" if speed_name else "SmolLM2-135M"
+print(f"speed model: {speed_label} ({why_shape}); {devices.dtype_name(env.dtype)} on {env.device.type}")
+how = "CUDA graph" if env.on_gpu else "eager"
+threads = torch.get_num_threads()
+if env.device.type == "cpu":
+    torch.set_num_threads(1)  # on a shared 2-core machine one thread is far steadier than two
+speed_variants = env.size(cpu=variants, gpu=variants[:4])  # on a GPU without groups of 32: keeps the cell short
+speed = measure_variants(make_speed_model, speed_variants, cases=((1, 1),), repeats=env.size(cpu=5, gpu=20),
+                         runs=env.size(cpu=3, gpu=1), progress=tqdm)
+s0 = speed[0]
+print(f"\n{'variant':<19}{'weights':>10}{'bits/w':>8}{'step ms':>9}{'speed':>8}{'linear only':>13}{'speed':>8}  layers")
+for r in speed:
+    print(f"{r['variant']:<19}{human_bytes(r['bytes']):>10}{r['bits_per_weight']:>8.2f}{r['step'][1, 1] * 1e3:>9.3f}"
+          f"{s0['step'][1, 1] / r['step'][1, 1]:>7.2f}x{r['linear'] * 1e3:>10.3f} ms{s0['linear'] / r['linear']:>7.2f}x  {r['layers']}")
+print("(bits/w: the linear layers but the LM head, codes plus scales and zero points; speed: vs unquantized)")
+bandwidth = ceilings.measure_copy_bandwidth(env.device)  # with the same threads as the steps
+torch.set_num_threads(threads)
+nbytes = torch.finfo(env.dtype).bits // 8
+floor = analysis.decode_bytes_per_step(speed_cfg, 1, 64, nbytes, nbytes) / bandwidth
+print(f"memory floor of the unquantized step: {floor * 1e3:.3f} ms (its bytes at the measured copy bandwidth, "
+      f"{bandwidth / 1e9:,.0f} GB/s); the step took {s0['step'][1, 1] * 1e3:.3f} ms ({how}), "
+      f"the linear layers alone {s0['linear'] * 1e3:.3f} ms")
+
+# %% [markdown]
+# Where weight-only quantization does **not** help: a large batch and a prefill. Both multiply
+# every weight by many rows, so the matmuls are compute-bound (section 7: above B_crit), and int8
+# weights still need bf16 arithmetic; past 16 rows `Int8Linear` even dequantizes its whole weight
+# first. Measured on a GPU for the unquantized and int8 models: B = 512 sequences, and a prefill of
+# 512 tokens.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+big_B, prefill_T = 512, 512
+if env.on_gpu and speed_name:
+    large = measure_variants(make_speed_model, ["unquantized", "int8 per channel"],
+                             cases=((1, 1), (big_B, 1), (1, prefill_T)), repeats=10, linear=False)
+    for (B_, T_), label in [((1, 1), "decode, B = 1"), ((big_B, 1), f"decode, B = {big_B}"),
+                            ((1, prefill_T), f"prefill of {prefill_T} tokens")]:
+        t16, t8 = large[0]["step"][B_, T_], large[1]["step"][B_, T_]
+        print(f"{label:<24} unquantized {t16 * 1e3:8.2f} ms, int8 {t8 * 1e3:8.2f} ms: int8 {t16 / t8:.2f}x")
+else:
+    large = None
+    print(f"check skipped on {env.device.type}: a large batch and a prefill are measured on a GPU with a real "
+          f"shape only (here each would take minutes; section 7's roofline says what to expect)")
+
+# %%
+sp = {r["variant"]: r for r in speed}
+step_gain = {v: s0["step"][1, 1] / r["step"][1, 1] for v, r in sp.items()}
+linear_gain = {v: s0["linear"] / r["linear"] for v, r in sp.items()}
+for v in speed_variants[1:]:
+    verdict = "faster" if step_gain[v] > 1.05 else ("slower" if step_gain[v] < 0.95 else "about as fast")
+    print(f"{v:<18} step {verdict} than unquantized ({step_gain[v]:.2f}x; linear layers alone "
+          f"{linear_gain[v]:.2f}x) with {sp[v]['layers']}")
+assert sp["int8 per channel"]["linear_bytes"] < 0.6 * s0["linear_bytes"]
+assert sp["int4 groups of 64"]["linear_bytes"] < 0.6 * sp["int8 per channel"]["linear_bytes"]
+# the portable form writes a full-precision copy of every weight at every call, the int4 kernel reads
+# half a byte a weight: on any device that is several times more memory traffic
+if "Int4Linear[torch]" not in sp["int4 groups of 64"]["layers"]:
+    assert sp["int4 per channel"]["step"][1, 1] > 1.5 * sp["int4 groups of 64"]["step"][1, 1], \
+        "portable int4 (a dequantized copy per call) should be clearly slower than the int4 kernel"
+else:
+    print("check skipped: no int4 kernel on this device (groups of 64 run the portable form too)")
+if env.on_gpu and speed_name:
+    # int8 reads a little over half the bytes of every matrix but the bf16 LM head: the linear layers
+    # alone should gain well over 1.4x; the whole step less, since its ~30 small kernels a layer
+    # (norms, RoPE, attention) do not shrink
+    assert linear_gain["int8 per channel"] > 1.4, "int8 linear layers should read their weights much faster"
+    assert step_gain["int8 per channel"] > 1.2, "int8 weights should shorten a memory-bound decode step"
+    assert linear_gain["int8 per channel"] > step_gain["int8 per channel"], "the rest of the step does not shrink"
+    for B_, T_ in ((big_B, 1), (1, prefill_T)):  # compute-bound: int8 weights cannot make it faster
+        assert large[1]["step"][B_, T_] > large[0]["step"][B_, T_] / 1.1, "weight-only int8 should not help here"
+elif env.on_gpu:
+    print(f"check skipped: no real shape fits this GPU ({why_shape}), and SmolLM2's step is launch-bound")
+else:
+    # on a CPU the fp32 step is mostly the weight read (see the memory floor above) and PyTorch's
+    # int8 kernel reads 1 byte a weight instead of 4
+    assert step_gain["int8 per channel"] > 1.05, "int8 with the CPU kernel should beat the fp32 step"
+    print("check skipped on CPU: the GPU's int8 speed-up and the large batch / prefill (GPU only)")
+
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
-labels = [r["variant"].replace(" per ", "\nper ").replace(" groups", "\ngroups") for r in table]
+labels = [v.replace(" per ", "\nper ").replace(" groups", "\ngroups") for v in variants]
 colors = [COLORS["theory"], COLORS["cached"], COLORS["naive"], COLORS["reference"], COLORS["roofline"]]
-for ax, key, title in [(axes[0], "ppl", "perplexity vs unquantized (%)"), (axes[1], "kl", "KL to the unquantized (nats/token)"),
-                       (axes[2], "bytes", f"weight bytes (MB, {dtype_name} model)"),
-                       (axes[3], "speed", f"decode step speed-up, B=1 ({env.device.type}, {how})")]:
-    vals = {"ppl": [100 * (r["ppl"] / b0["ppl"] - 1) for r in table], "bytes": [r["bytes"] / 1e6 for r in table],
-            "speed": [b0["step"] / r["step"] for r in table]}
-    ax.bar(labels, vals[key] if key in vals else [r[key] for r in table], color=colors)
-    ax.set_title(title, fontsize=9)
-    ax.tick_params(axis="x", labelsize=7)
+panels = [("perplexity vs unquantized (%)", [100 * (ppl[v] / ppl["unquantized"] - 1) for v in variants]),
+          ("KL to the unquantized (nats/token)", [kl[v] for v in variants]),
+          ("SmolLM2 weight bytes (MB, fp32)", [quality_bytes[v] / 1e6 for v in variants]),
+          (f"step speed-up, B=1\n({speed_name or 'SmolLM2'}, {how})", [step_gain.get(v, np.nan) for v in variants])]
+for ax, (title, vals) in zip(axes, panels):
+    ax.bar(labels, vals, color=colors)
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=90)
 axes[0].axhline(1, color=COLORS["measured"], ls="--", lw=1, label="+1%")
-axes[0].legend(fontsize=8)
+axes[0].legend(loc="best")
 axes[3].axhline(1, color=COLORS["measured"], ls="--", lw=1)
 plt.show()
 
-# %%
-r = {row["variant"]: row for row in table}
-r8, r4c, r4g64, r4g32 = (r[v] for v in variants[1:])
-print(f"int8: {r8['ppl'] / b0['ppl'] - 1:+.2%} perplexity, KL {r8['kl']:.5f}; int4 per channel: "
-      f"{r4c['ppl'] / b0['ppl'] - 1:+.2%}, KL {r4c['kl']:.4f}, {r4c['kl'] / r8['kl']:.0f}x int8's")
-print(f"int4 KL: per channel {r4c['kl']:.4f} > groups of 64 {r4g64['kl']:.4f} > groups of 32 {r4g32['kl']:.4f}")
-for row in table[1:]:
-    verdict = "faster" if row["step"] < 0.95 * b0["step"] else ("slower" if row["step"] > 1.05 * b0["step"] else "about as fast")
-    print(f"{row['variant']:<18} {verdict} than unquantized ({b0['step'] / row['step']:.2f}x) with {row['layers']}")
-assert abs(r8["ppl"] / b0["ppl"] - 1) < 0.01, "int8 per-channel should be within 1% of the unquantized model"
-assert r4c["kl"] > 3 * r8["kl"] and r4g64["kl"] > 3 * r8["kl"], "int4 should move the model more than int8"
-assert r4c["kl"] > r4g64["kl"] > r4g32["kl"], "smaller groups should move the model less"
-assert r8["linear_bytes"] < 0.6 * b0["linear_bytes"] and r4g64["linear_bytes"] < 0.6 * r8["linear_bytes"]
-# the portable form writes a full-precision copy of every weight at every call, the int4 kernel reads
-# half a byte a weight: on any device that is several times more memory traffic
-assert r4c["step"] > 1.5 * r4g64["step"], "portable int4 (a dequantized copy per call) should be clearly slower than the int4 kernel"
-
 # %% [markdown]
-# Reading the table (the printed lines above say which way each comparison went in this run):
-# - **Quality.** 255 levels per row are plenty for weights: int8 per channel moves the model little
-#   (its KL divergence is the smallest, its perplexity within 1%). int4 moves it far more (the
-#   ratio of the KL divergences is printed above), and smaller groups buy quality back: the KL divergence falls from per channel to groups
-#   of 64 to groups of 32. The three greedy replies show what that means for text: a reply can
-#   change at the first token whose top two candidates were close.
+# Reading the speed table (the printed lines above say which way each comparison went in this run):
 # - **Bytes.** int8 stores 1 byte a weight (+ a scale per row), int4 half a byte + the scales and
-#   zero points (the `bits/w` column: smaller groups, more of them). The embedding
-#   (which is also the output layer) and the norms are not quantized: in this 135M model the
-#   49,152 × 576 embedding is a fifth of all weights, in a 7B model a small share.
-# - **Speed.** A kernel that reads the small codes directly (the Triton int8 kernel and CUDA's int4
-#   kernel on a GPU, PyTorch's packed kernels on a CPU) turns fewer bytes into a shorter step,
-#   though by less than the byte ratio: the rest of the step (attention, norms, the unquantized
-#   output layer, per-kernel costs) does not shrink. The memory-floor line says how much of this
-#   model's step is the weight read on this device: on a GPU, 135M parameters are read in well
-#   under a tenth of a millisecond, and a step of ~1,000 small kernels costs far more than that
-#   even in a CUDA graph, so the gain there is small; a larger model (notebook 07) shows more. A layer left on the portable form (int4 per
-#   channel: no kernel takes groups of 576) writes a full-precision copy of its weight at every
-#   call, more traffic than the unquantized layer. At large batch or in prefill the matmuls become
-#   compute-bound, and weight-only quantization no longer saves time, only memory (section 7).
+#   zero points (the `bits/w` column). The embedding, the norms and the output layer stay in full
+#   precision: in SmolLM2 the 49,152 × 576 embedding is a fifth of all weights.
+# - **Batch 1.** With a kernel that reads the codes directly, fewer bytes give a shorter step,
+#   but by less than the byte ratio: the rest of the step (attention, norms, RoPE, the unquantized
+#   output layer) does not shrink. On a GPU the int8 linear layers alone gain more than the whole
+#   step (asserted). On a shared CPU the timings are noisy; the memory-floor line says how much
+#   of the unquantized step is the weight read there.
+# - **No kernel, no gain.** int4 per channel (no kernel takes groups of a whole row) writes a
+#   full-precision copy of each weight at every call, more traffic than the unquantized layer:
+#   clearly slower than int4 with a kernel (asserted where an int4 kernel exists).
 
 # %% [markdown]
-# *Takeaway: int8 weights are nearly free in quality and cut the bytes each decode step reads;
-# int4 costs more quality, which smaller groups buy back with bytes; the speed comes only with a
-# kernel that dequantizes in registers (notebook 07 measures the whole ladder).*
+# - **Large batch, prefill** (GPU): the matmuls are compute-bound, and int8 weights are not faster
+#   there (asserted); this implementation is slower, because past 16 rows it dequantizes the whole
+#   weight before the bf16 matmul. Weight-only quantization then saves memory, not time.
 #
+# *Takeaway: int8 weights are nearly free in quality and cut the bytes each decode step reads;
+# int4 costs more quality, which smaller groups buy back with bytes; the speed comes only at small
+# batch and only with a kernel that reads the codes (notebook 07 measures the whole ladder).*
+
+# %% [markdown]
 # ## 6. An int8 KV cache
 #
 # The KV cache is read every step as well, and at long contexts and large batches it outweighs the
@@ -659,7 +733,7 @@ for B_kv in (1, 16):
 int8_cache = lambda m, B, S: Int8KVCache.for_model(m, B, S)  # noqa: E731
 ppl_cache = cached_perplexity(real.model, real_tokens, B=4, max_windows=n_windows)
 ppl_kv8 = cached_perplexity(real.model, real_tokens, int8_cache, B=4, max_windows=n_windows)
-ppl_both = cached_perplexity(quantized(real.model, "int8 per channel"), real_tokens, int8_cache, B=4, max_windows=n_windows)
+ppl_both = cached_perplexity(quant.quantized_copy(real.model, "int8 per channel"), real_tokens, int8_cache, B=4, max_windows=n_windows)
 print(f"fp32 KV cache:                   {ppl_cache:.4f} (no cache: {quality['unquantized'][0]:.4f})")
 print(f"int8 KV cache:                   {ppl_kv8:.4f} ({ppl_kv8 / ppl_cache - 1:+.3%})")
 print(f"int8 KV cache + int8 weights:    {ppl_both:.4f} ({ppl_both / ppl_cache - 1:+.3%})")
@@ -735,23 +809,25 @@ for label, bpp, color in [("bf16 weights", 2, COLORS["cached"]), ("int8 weights"
     ax.plot(Bs, np.array(t) * 1e3, color=color, label=label)
     bc = analysis.critical_batch(beta=bpp / 2)
     ax.axvline(bc, color=color, ls=":", lw=1)
-    ax.annotate(f"B_crit ≈ {bc:.0f}", (bc * 1.05, 30 if bpp == 2 else (15 if bpp == 1 else 1.2)), color=color, fontsize=8)
+    ax.annotate(f"B_crit ≈ {bc:.0f}", (bc * 1.05, 30 if bpp == 2 else (15 if bpp == 1 else 1.2)), color=color)
 ax.set(xscale="log", yscale="log", xlabel="batch size B (sequences decoded together)",
        ylabel="time per decode step (ms)", title="Llama 2 13B on an H100 (lecture's figures): weight read vs compute")
 ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
 ax.yaxis.set_minor_formatter(plt.NullFormatter())
-ax.legend(fontsize=8)
+ax.legend(loc="best")
 plt.show()
 
 # %% [markdown]
-# What this means in practice: below B_crit (interactive serving, small batches), int8 weights make
-# each step up to 2× faster, because the step *is* the weight read. Above it, the step is
-# compute-bound and weight-only quantization saves nothing but memory; to go faster there, the
-# arithmetic itself must get cheaper (fp8/int8 matmuls, which double the tensor-core rate).
+# What this means in practice: below B_crit (interactive serving, small batches), int8 weights can
+# make the weight read up to 2× faster (section 5 measured how much of that reaches the whole step).
+# Above it, the step is compute-bound and weight-only quantization saves nothing but memory; to go
+# faster there, the arithmetic itself must get cheaper (fp8/int8 matmuls, which double the
+# tensor-core rate).
 #
 # *Takeaway: B_crit = β·(FLOP/s ÷ bandwidth); int8 weights with bf16 compute halve it (295 → 148 on
 # an H100), int8 compute restores it.*
-#
+
+# %% [markdown]
 # ## Summary
 # - Formats: bf16 for inference by default; fp8 e4m3fn reaches 448 (the lecture's 240 is
 #   e4m3fnuz); int8/int4 are integers plus a scale.
@@ -761,11 +837,16 @@ plt.show()
 #   scales.
 # - Activations of large models have outlier features that break per-token absmax; LLM.int8() keeps
 #   them in 16-bit (SmoothQuant/AWQ move or protect them instead).
-# - On a real model (SmolLM2-135M): int8 weights cost < 1% perplexity, int4 more, per-group int4
-#   less than per-channel int4; an int8 KV cache costs under 1%. The speed-up at batch 1 needs a
-#   kernel that reads the codes directly; the portable dequantize-then-matmul form is slower.
+# - On a real model (SmolLM2-135M): int8 weights cost < 1% perplexity, int4 more; per-group int4
+#   moves the model less than per-channel int4 (smaller groups, smaller KL divergence); an int8 KV
+#   cache costs under 1%.
+# - Speed at batch 1 needs a kernel that reads the codes directly, and is less than the byte ratio
+#   (the rest of the step does not shrink); on a GPU, for a real shape, asserted for int8. The
+#   portable dequantize-then-matmul form is slower. At a large batch and in prefill int8 weights
+#   are not faster (asserted on a GPU).
 # - int8 weights halve the bytes a decode step reads, and with them B_crit.
-#
+
+# %% [markdown]
 # ## Exercises
 # 1. Quantize only the MLPs of the real model (`quant.quantize_model_(m, bits=4, group_size=32,
 #    skip=("lm_head", "wq", "wk", "wv", "wo"))`) and then only attention. Which part is more sensitive?
