@@ -105,6 +105,30 @@ def execute(nb: nbformat.NotebookNode, timeout: int = 1200) -> None:
                 print(f"  cell {i:>2}: {(t1 - t0).total_seconds():7.2f} s", file=sys.stderr)
             cell.metadata.pop("execution", None)  # keep stored notebooks free of timestamps
         nb.metadata.pop("widgets", None)  # saved widget state: large, and stale without a kernel
+        drop_progress_bars(nb)
+
+
+# A tqdm.auto bar stored without its widget state shows its first frame for ever ("0%| | 0/9"):
+# a frozen bar in every stored notebook. Progress is for the live kernel; the stored run drops it.
+_TQDM_TEXT = re.compile(r"^.*\d+%\|.*\|")
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def drop_progress_bars(nb: nbformat.NotebookNode) -> int:
+    """Remove tqdm widget outputs (their text/plain is a bar) from every code cell; return how many."""
+    dropped = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        keep = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if _WIDGET_VIEW in data and _TQDM_TEXT.match("".join(data.get("text/plain", ""))):
+                dropped += 1
+            else:
+                keep.append(out)
+        cell.outputs = keep
+    return dropped
 
 
 def keep_outputs(nb, stored_path: Path) -> None:
@@ -118,6 +142,7 @@ def keep_outputs(nb, stored_path: Path) -> None:
                          f"execute it instead (python notebooks/build.py {stored_path.name[:2]} --execute)")
     for new, old in zip(new_code, old_code):
         new.outputs, new.execution_count = old.outputs, old.execution_count
+    drop_progress_bars(nb)
 
 
 def readme_table(sources: list[Path]) -> str:

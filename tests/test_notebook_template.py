@@ -81,3 +81,26 @@ def test_keep_outputs_copies_outputs_only_when_the_code_is_unchanged(tmp_path):
     build.nbformat.write(stored, edited)
     with pytest.raises(SystemExit, match="code cells changed"):
         build.keep_outputs(build.build(src), edited)
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_no_frozen_progress_bar_is_stored(src):
+    """A tqdm widget stored without its state shows "0%| | 0/9" for ever: build.py drops them."""
+    stored = json.loads((src.parents[1] / f"{src.stem}.ipynb").read_text())
+    bars = [o for c in stored["cells"] for o in c.get("outputs", [])
+            if build._WIDGET_VIEW in o.get("data", {})
+            and build._TQDM_TEXT.match("".join(o["data"].get("text/plain", "")))]
+    assert not bars, f"{src.stem}: {len(bars)} progress bars stored; rebuild with notebooks/build.py"
+
+
+def test_drop_progress_bars_keeps_other_widgets():
+    nb = build.nbformat.v4.new_notebook()
+    bar = {"output_type": "display_data", "metadata": {},
+           "data": {build._WIDGET_VIEW: {"model_id": "a"}, "text/plain": "sweep:   0%|          | 0/9 [00:00<?, ?it/s]"}}
+    slider = {"output_type": "display_data", "metadata": {},
+              "data": {build._WIDGET_VIEW: {"model_id": "b"}, "text/plain": "interactive(children=(IntSlider(value=4),))"}}
+    cell = build.nbformat.v4.new_code_cell("x")
+    cell.outputs = [build.nbformat.from_dict(bar), build.nbformat.from_dict(slider)]
+    nb.cells = [cell]
+    assert build.drop_progress_bars(nb) == 1
+    assert [o["data"]["text/plain"][:11] for o in nb.cells[0].outputs] == ["interactive"]
