@@ -55,8 +55,14 @@ from .references import SHAPE_FIELDS
 RUNGS = ("naive", "cached", "static", "compiled", "int8", "int8_inductor", "int4")
 
 
+# Where progress lines go: stderr for the command line; ``run_decode(progress=...)`` can send them
+# to stdout (a notebook's stored output shows no red stderr boxes) or silence them (None).
+_progress = "stderr"
+
+
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    if _progress is not None:
+        print(msg, file=sys.stdout if _progress == "stdout" else sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,11 +367,29 @@ def run_decode(cfg: ModelConfig, *, batch: int = 1, prompt_len: int = 16, new: i
                dtype=None, rungs=("naive", "cached", "static", "compiled", "int8"), hf: bool = False,
                device=None, repeats: int = 3, seed: int = 0, compile_cpu: bool = False,
                naive_new: int | None = None, fuse: bool = True, sdpa: str | None = "math",
-               check_tokens: bool = True, bandwidth: float | None = None, pretrained: str | None = None) -> dict:
+               check_tokens: bool = True, bandwidth: float | None = None, pretrained: str | None = None,
+               progress: str | None = "stderr") -> dict:
     """Run the benchmark; returns a JSON-ready dict (``format_table`` prints it).
     ``bandwidth`` (bytes/s): use this instead of measuring the copy bandwidth (tests).
     ``pretrained``: a model name of ``lecture_lib.pretrained`` (real weights; ``cfg`` is then
-    ignored, and the HF rows load the same weights)."""
+    ignored, and the HF rows load the same weights).
+    ``progress``: where the progress lines go: "stderr" (the command line), "stdout" (a
+    notebook), or None (silent). A failing rung's traceback still goes to stderr."""
+    if progress not in ("stderr", "stdout", None):
+        raise ValueError(f"progress must be 'stderr', 'stdout' or None, got {progress!r}.")
+    global _progress
+    before, _progress = _progress, progress
+    try:
+        return _run_decode(cfg, batch=batch, prompt_len=prompt_len, new=new, dtype=dtype, rungs=rungs, hf=hf,
+                           device=device, repeats=repeats, seed=seed, compile_cpu=compile_cpu,
+                           naive_new=naive_new, fuse=fuse, sdpa=sdpa, check_tokens=check_tokens,
+                           bandwidth=bandwidth, pretrained=pretrained)
+    finally:
+        _progress = before
+
+
+def _run_decode(cfg, *, batch, prompt_len, new, dtype, rungs, hf, device, repeats, seed, compile_cpu,
+                naive_new, fuse, sdpa, check_tokens, bandwidth, pretrained) -> dict:
     device, dtype = devices.resolve(device, dtype)
     unknown = [r for r in rungs if r not in RUNGS]
     if unknown:
