@@ -383,7 +383,7 @@ else:
 # **Real shapes.** `python -m lecture_lib.measure.spec_bench` times the same fast path for a
 # Llama-3-8B-shape target with Llama-3.2-1B-shape drafts (random bf16 weights). Random weights make
 # the models' own agreement meaningless, so each drafted token is accepted with a drawn
-# probability (`--alpha 0.7`, the issue's bar for a good pair; the flags come from a seed, and the α
+# probability (`--alpha 0.7`, the acceptance of a good pair; the flags come from a seed, and the α
 # column is what was drawn); every other cost of a round is real. Two stored H200 runs
 # (`data/reference/h200/`):
 # - **uncompiled** round: the models' eager forwards captured in the round's CUDA graph;
