@@ -7,9 +7,10 @@ measured sweep of the cached decode step against K.
   checkpoint becomes a K-head one by mean-pooling the K/V projections of each group. Without the
   paper's short "uptraining" the pooled model is worse; it is a starting point, not a free lunch.
 
-- ``GroupedDecodeKVCache`` / ``grouped_decode_attention``: a decode step that reads each KV head
-  once for its G query heads on every attention backend (the query heads of a group become G
-  query rows of their KV head), so that a measured step reads the bytes the formula counts.
+- ``grouped_decode_attention``: a decode step's attention that reads each KV head once for its G
+  query heads on every attention backend (the query heads of a group become G query rows of
+  their KV head), so that a measured step reads the bytes the formula counts. The cache that
+  uses it is ``lecture_lib.cache.grouped.GroupedDecodeKVCache`` (caches sit above the core).
 
 The measured sweep of the decode step against K is ``lecture_lib.measure.gqa_sweep``.
 """
@@ -18,8 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F_
 
-from .cache.plain import KVCache
-from .model import Transformer, attention_mask
+from .model import Transformer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,25 +99,3 @@ def grouped_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) 
         raise ValueError(f"N = {N} query heads must be a multiple of K = {K} KV heads.")
     y = F_.scaled_dot_product_attention(q.reshape(B, K, N // K, H), k, v)  # [B K G H]
     return y.reshape(B, N, 1, H)
-
-
-class GroupedDecodeKVCache(KVCache):
-    """The plain ``KVCache`` that attends itself (``cache_protocol``: ``attends = True``): a decode
-    step (one new token, an int position) goes through ``grouped_decode_attention``, so each KV
-    head is read once whatever the attention backend; a prefill (T > 1) attends causally as the
-    model's own attention does. Positions must be ints (the plain path); the logits equal those
-    with a plain ``KVCache`` (tests/test_gqa.py). Used by ``measure.gqa_sweep.decode_sweep_graphed``."""
-
-    attends = True
-
-    def attend(self, layer: int, pos, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if not isinstance(pos, int):
-            raise ValueError("GroupedDecodeKVCache takes int positions only (the plain path), "
-                             f"got {type(pos).__name__}.")
-        k_all, v_all = self.update(layer, pos, k, v)  # the filled prefix, positions 0 .. pos+T-1
-        T = q.shape[2]
-        if T == 1:
-            return grouped_decode_attention(q, k_all, v_all)
-        mask = attention_mask(torch.arange(pos, pos + T, device=q.device), self, T, pos)
-        return F_.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask,
-                                               is_causal=mask is None, enable_gqa=q.shape[1] != k.shape[1])

@@ -67,7 +67,7 @@ def test_decode_sweep_catches_out_of_memory_on_cuda():
 
 @pytest.mark.parametrize("K", [8, 2, 1])
 def test_grouped_decode_cache_gives_the_plain_cache_logits(K):
-    from lecture_lib.gqa import GroupedDecodeKVCache
+    from lecture_lib.cache.grouped import GroupedDecodeKVCache
     torch.manual_seed(0)
     model = Transformer(tiny(K=K)).eval()
     x = torch.randint(0, 97, (2, 12))

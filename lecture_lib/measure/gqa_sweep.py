@@ -4,7 +4,7 @@ step time, the KV cache's bytes and (on CUDA) the peak memory, out-of-memory cau
 - ``decode_sweep``: eager steps with the plain cache (on a GPU, launch-bound: the kernel-launch
   floor hides the bytes).
 - ``decode_sweep_graphed``: the same step as a CUDA-graph replay on a GPU (eager elsewhere), with
-  ``gqa.GroupedDecodeKVCache`` so that every attention backend reads each KV head once; on a GPU
+  ``cache.grouped.GroupedDecodeKVCache`` so that every attention backend reads each KV head once; on a GPU
   also the eager time of the same step, for the contrast.
 - ``sweep_batch``: the largest batch (at most ``max_B``) whose caches for every K fit in a share
   of the device's free memory, so that the sweep fits a 16 GB T4 as well as an H200.
@@ -142,7 +142,7 @@ def decode_sweep_graphed(cfg: ModelConfig, Ks, B: int, S: int, device, dtype=tor
     as ``decode_sweep`` does (B sequences, S positions attended, random weights, round-robin
     rounds, out of memory recorded per point), but:
 
-    - the cache is a ``gqa.GroupedDecodeKVCache``: each KV head is read once for its G query
+    - the cache is a ``cache.grouped.GroupedDecodeKVCache``: each KV head is read once for its G query
       heads on every attention backend (``enable_gqa`` alone copies K/V G times where
       FlashAttention is missing, e.g. on a T4);
     - on CUDA the step is a CUDA-graph replay (``calls`` steps captured in one graph, each replay
@@ -153,7 +153,7 @@ def decode_sweep_graphed(cfg: ModelConfig, Ks, B: int, S: int, device, dtype=tor
 
     Every replay writes the same position (the cache's contents do not change the time).
     """
-    from ..gqa import GroupedDecodeKVCache
+    from ..cache.grouped import GroupedDecodeKVCache
 
     device = torch.device(device)
     wrap = progress or (lambda it, **kw: it)

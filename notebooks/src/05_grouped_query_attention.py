@@ -25,11 +25,11 @@ from einops import rearrange, repeat
 from tqdm.auto import tqdm
 
 from lecture_lib import ModelConfig, Transformer, analysis, devices, get_config, widgets
-from lecture_lib.cache import KVCache
+from lecture_lib.cache import GroupedDecodeKVCache, KVCache
 from lecture_lib.checkpoints import load_checkpoint, load_meta, perplexity
 from lecture_lib.config import mla_config
 from lecture_lib.corpus import heldout_tokens
-from lecture_lib.gqa import GroupedDecodeKVCache, expand_kv_heads, pool_kv_heads
+from lecture_lib.gqa import expand_kv_heads, pool_kv_heads
 from lecture_lib.hardware import get_spec, load_specs
 from lecture_lib.measure import ceilings
 from lecture_lib.measure.gqa_sweep import decode_sweep_graphed, sweep_batch
@@ -283,7 +283,7 @@ plt.show()
 #   largest B (up to 32) whose four models and caches fit in half the free memory.
 # - **On a CPU**: the `small` preset (N = 8) in fp32, 8 sequences of 2,048 tokens, one thread
 #   (a small multi-threaded step spends its time synchronising threads).
-# - The cache, `gqa.GroupedDecodeKVCache`, hands attention the G query heads of a group as G
+# - The cache, `cache.grouped.GroupedDecodeKVCache`, hands attention the G query heads of a group as G
 #   query rows of their KV head, so each KV head is read once on every backend (with
 #   `enable_gqa` alone, backends without GQA support copy each KV head G times first). The cell
 #   checks that it gives the same logits as the plain cache.
