@@ -358,8 +358,12 @@ for res, where in [(result, "live")] + [(ref, "stored " + ref["device_name"]) fo
 # bandwidth itself, and the compiled rung's gap to it is not the big GEMV: it is the step's many
 # small kernels (norms, RoPE, attention, small matrices), whose fixed costs weigh more in a small
 # model (`python -m lecture_lib.measure.gemv_bench --preset <shape>` times each decode matrix in a
-# graph). On a CPU the printed GEMV reads faster than the copy's counted bandwidth, with the
-# matrix three times the last-level cache, so not from the cache. Part of that is the copy's
+# graph).
+
+# %% [markdown]
+# **On a CPU** a GEMV can read faster than the copy's counted bandwidth (the "% of copy" above,
+# when this runs on a CPU), even with the matrix three times the last-level cache, so not from
+# the cache. Part of that is the copy's
 # hidden traffic: a write first fetches each line it overwrites, so a copy counted as 2 bytes
 # moves 3 (at most 1.5×). The rest is not pinned down here (the two may use the cores and
 # prefetchers differently); on a CPU the practical ceiling is the measured GEMV, not the copy.

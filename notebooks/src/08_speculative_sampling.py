@@ -87,7 +87,8 @@ assert t_forward[2] < 3 * t_forward[0], "a forward over 4 tokens should cost far
 # PyTorch (a few dozen small kernels per layer, each costing microseconds even inside a CUDA
 # graph), and on a CPU, with little FLOP/s to spare, it rises sooner than on a GPU. That rise is
 # part of the price of verifying k tokens, and section 4 uses the measured curve.
-#
+
+# %% [markdown]
 # ## 2. The algorithm, by hand
 #
 # One round (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023, Algorithm 2):
@@ -225,7 +226,8 @@ for (temperature, k), out in runs.items():
 # (where many drafts in a row are accepted) and hard ones cluster, and the measurement counts the
 # actual runs. Temperature changes α: greedy compares two argmaxes, sampling compares whole
 # distributions.
-#
+
+# %% [markdown]
 # ## 4. Speed on a real model
 #
 # Now the real SmolLM2-135M target, decoded greedily, so the speculative output should equal the
@@ -306,6 +308,8 @@ plt.show()
 #   so its α stays low while its c is a sizeable fraction of a target step (the shared output
 #   layer is a fifth of this model's weights): it costs more than it saves. A small model trained
 #   on the same data (section 3's byte-level pair, whose α is printed there) is the classic draft.
+
+# %% [markdown]
 # - **Prediction vs measurement.** S = E/(k·c + 1) assumes the verification costs one decode step.
 #   The dotted lines use section 1's measured forward of k + 1 tokens instead, which on a CPU
 #   grows with k. What remains between them and the measurement is the readable loop's own
@@ -314,11 +318,13 @@ plt.show()
 #   kernel launches make every forward cost about the same whatever its size, which flatters
 #   nothing and hides the memory-bound saving: the fast path with CUDA graphs (next section) is
 #   where the lecture's speed-ups are measured.
-#
+
+# %% [markdown]
 # The lecture's reference, measured with a well-engineered implementation: Chinchilla 70B with a 4B
 # draft at K = 4 ran **1.92×** (XSum, nucleus), **2.01×** (XSum, greedy) and **2.46×** (HumanEval)
 # faster than autoregressive decoding, at the same quality.
-#
+
+# %% [markdown]
 # ## 5. On the fast path
 #
 # The loop above is the readable one: Python lists, one model call at a time, the accept/reject
@@ -379,7 +385,8 @@ else:
 # bookkeeping, each a small kernel) is no longer negligible. The lecture's regime is a
 # memory-bound target: there a draft step costs its share of the bytes, and verifying k + 1
 # tokens costs one step.
-#
+
+# %% [markdown]
 # **Real shapes.** `python -m lecture_lib.measure.spec_bench` times the same fast path for a
 # Llama-3-8B-shape target with Llama-3.2-1B-shape drafts (random bf16 weights). Random weights make
 # the models' own agreement meaningless, so each drafted token is accepted with a drawn
@@ -462,7 +469,8 @@ assert all(r["speedup"] < r["S_formula"] for p in compiled_run["pairs"] for r in
 #   draft times in its denominator the prediction holds within the asserted 10 %.
 # - The α here is drawn, not the models' own: the speed-up is the one a pair with this acceptance
 #   gets on these shapes. Section 3 measures real acceptances on trained models.
-#
+
+# %% [markdown]
 # ## 6. Where speculation stops paying
 #
 # The saving comes from the target's forward over k + 1 tokens costing about one decode step. At
@@ -498,7 +506,8 @@ plt.show()
 # speed-up approaches E / (k·c + 1); as B grows the verification becomes compute-bound and the
 # speed-up falls below 1: a server at high load gains nothing from speculation, and larger k
 # loses sooner. This is why serving systems turn speculation down as the batch fills.
-#
+
+# %% [markdown]
 # ## Summary
 # - Checking k tokens costs far less than k decode steps at batch 1, since the weights are read
 #   once; how close to one step depends on the device (section 1).
@@ -514,7 +523,8 @@ plt.show()
 #   step"; a shallow draft, cheap in time and not only in bytes, beats the compiled decoder by
 #   the lecture's margin at α ≥ 0.7 (section 5's stored H200 run).
 # - At large batch the verification stops being free and speculation stops paying.
-#
+
+# %% [markdown]
 # ## Exercises
 # 1. In section 4, change `skip_layers`. How do α and c move, and where is the best speed-up?
 # 2. Use `load_checkpoint("draft")` as the draft for the trained byte-level target at temperature
