@@ -204,16 +204,22 @@ best = {p: max([r for r, x in zip(rates, runs[p]) if x["goodput"] >= 0.9 * x["re
 print(f"highest rate with 90% of requests within the SLOs: continuous {best['continuous']:g} req/s, "
       f"static {best['static']:g} req/s")
 low = [i for i, r in enumerate(rates) if r <= rates[1]]  # the two lowest rates: below capacity
-print("median TTFT below capacity: " + ", ".join(
-    f"{rates[i]:g} req/s continuous {runs['continuous'][i]['p50_ttft_ms']:.0f} ms vs static "
-    f"{runs['static'][i]['p50_ttft_ms']:.0f} ms" for i in low))
-assert all(runs["continuous"][i]["p50_ttft_ms"] < 0.5 * runs["static"][i]["p50_ttft_ms"] for i in low), \
+for stat in ("p50", "p99"):
+    print(f"{stat} TTFT below capacity: " + ", ".join(
+        f"{rates[i]:g} req/s continuous {runs['continuous'][i][f'{stat}_ttft_ms']:.0f} ms vs static "
+        f"{runs['static'][i][f'{stat}_ttft_ms']:.0f} ms" for i in low))
+# Below capacity only the requests that arrive while a static batch runs wait for its end; at a low
+# rate that can be under half of them (so the median may not show it), but among a dozen requests
+# some do, and they set the p99: compare the slowest first tokens.
+assert all(runs["continuous"][i]["p99_ttft_ms"] < 0.5 * runs["static"][i]["p99_ttft_ms"] for i in low), \
     "below capacity continuous batching admits a newcomer at the next step, static at the end of a batch"
 
 # %% [markdown]
 # Static batching makes a request that arrives while a batch runs wait for the whole batch to
 # end: below capacity its TTFT is about a whole request's duration, against one prefill for
-# continuous batching (the check above). When answers differ in length, a static batch also
+# continuous batching (the check above, on the slowest first tokens, p99: at a low rate only the
+# requests that arrive during a batch wait, which can be fewer than half, so the median may not
+# show it). When answers differ in length, a static batch also
 # drains as its short members finish and runs below `MAX_SEQS` for part of every batch, which
 # costs throughput (here every answer has the same length; notebook 09's simulator shows the
 # draining). Batches that form from whoever happens to wait, or that drain, carry fewer
