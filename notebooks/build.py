@@ -87,15 +87,24 @@ def build(src: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def execute(nb: nbformat.NotebookNode, timeout: int = 1200) -> None:
-    """Run every cell in a kernel started in notebooks/, then print each cell's wall time."""
+def execute(nb: nbformat.NotebookNode, timeout: int = 1200, keep_going: bool = False) -> None:
+    """Run every cell in a kernel started in notebooks/, then print each cell's wall time.
+    ``timeout``: seconds one cell may take. ``keep_going``: run the cells after a failing one too
+    (one GPU run then reports every failure, not the first), and raise at the end if any failed."""
     from datetime import datetime
 
     from nbclient import NotebookClient
 
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=keep_going,
+                       interrupt_on_timeout=keep_going,
                        resources={"metadata": {"path": str(HERE)}}).execute()
+        errors = [(i, out.get("ename"), out.get("evalue")) for i, cell in enumerate(nb.cells)
+                  for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+        if errors:
+            for i, name, value in errors:
+                print(f"  ERROR in cell {i}: {name}: {value}", file=sys.stderr)
+            raise RuntimeError(f"{len(errors)} cell(s) failed")
     finally:  # also after a failing cell: the times say where it got to
         for i, cell in enumerate(nb.cells):
             ex = cell.metadata.get("execution", {})
@@ -170,6 +179,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("only", nargs="*", help="notebook number prefixes, e.g. 04 07 (default: all)")
     p.add_argument("--execute", action="store_true", help="run each notebook and store its outputs")
+    p.add_argument("--keep-going", action="store_true",
+                   help="with --execute: run every cell even after a failing one (a failed run is still not stored)")
+    p.add_argument("--cell-timeout", type=int, default=1200, help="seconds one cell may take (default 1200)")
     p.add_argument("--keep-outputs", action="store_true",
                    help="keep the stored outputs (only if no code cell changed): for markdown edits")
     args = p.parse_args(argv)
@@ -177,6 +189,7 @@ def main(argv=None) -> None:
     update_readme(sources)  # the table always lists every notebook
     if args.only:
         sources = [s for s in sources if any(s.name.startswith(o) for o in args.only)]
+    failures = []
     for src in sources:
         nb = build(src)
         if args.keep_outputs and not args.execute:
@@ -184,14 +197,19 @@ def main(argv=None) -> None:
         if args.execute:
             print(f"executing {src.stem} ...", file=sys.stderr, flush=True)
             try:
-                execute(nb)
+                execute(nb, timeout=args.cell_timeout, keep_going=args.keep_going)
             except Exception:
                 failed = HERE / f"{src.stem}.failed.ipynb"
                 nbformat.write(nb, failed)
                 print(f"FAILED: partial run written to {failed}", file=sys.stderr)
+                if args.keep_going:
+                    failures.append(src.stem)
+                    continue
                 raise
         nbformat.write(nb, HERE / f"{src.stem}.ipynb")
         print(f"wrote notebooks/{src.stem}.ipynb", file=sys.stderr)
+    if failures:
+        sys.exit(f"failed: {', '.join(failures)}")
 
 
 if __name__ == "__main__":

@@ -501,10 +501,10 @@ draw_ridge("H100 SXM", "bf16")
 # NBVAL_IGNORE_OUTPUT
 import ipywidgets
 
-gpu_box = ipywidgets.Dropdown(options=list(SPECS), value="H100 SXM", description="GPU")
-dtype_box = ipywidgets.Dropdown(options=dtypes_of("H100 SXM"), value="bf16", description="format")
-gpu_box.observe(lambda change: setattr(dtype_box, "options", dtypes_of(change.new)), names="value")
-_ = widgets.interact(draw_ridge, gpu=gpu_box, dtype=dtype_box)
+# one menu of the (GPU, format) pairs the datasheets list, so that every choice has a figure
+pairs = [(f"{gpu}, {dtype}", (gpu, dtype)) for gpu in SPECS for dtype in dtypes_of(gpu)]
+choice = ipywidgets.Dropdown(options=pairs, value=("H100 SXM", "bf16"), description="GPU, format")
+_ = widgets.interact(lambda gpu_and_format: draw_ridge(*gpu_and_format), gpu_and_format=choice)
 
 # %% [markdown]
 # Things to try: the T4 has no bf16 (fp16 only); the L4's low bandwidth (300 GB/s) puts its

@@ -279,8 +279,8 @@ plt.show()
 # - **On a GPU** the step is replayed as a **CUDA graph**. Eager PyTorch launches a few hundred
 #   kernels per step, one at a time, and on a fast GPU that launch floor (several ms) is longer
 #   than the bytes take to read; the graph removes it. The eager time of the same step is shown
-#   beside it. Model: the `medium` preset (N = 16) in bf16 (fp16 on a T4), S = 16,384, and the
-#   largest B (up to 32) whose four models and caches fit in half the free memory.
+#   beside it. Model: the `medium` preset (N = 16) in bf16 (fp16 on a T4), S = 4,096, and the
+#   largest B (up to 128) whose four models and caches fit in half the free memory.
 # - **On a CPU**: the `small` preset (N = 8) in fp32, 8 sequences of 2,048 tokens, one thread
 #   (a small multi-threaded step spends its time synchronising threads).
 # - The cache, `cache.grouped.GroupedDecodeKVCache`, hands attention the G query heads of a group as G
@@ -292,8 +292,8 @@ plt.show()
 # NBVAL_IGNORE_OUTPUT
 sweep_cfg = get_config(env.size(cpu="small", gpu="medium"))
 Ks = [sweep_cfg.N, sweep_cfg.N // 2, sweep_cfg.N // 4, 1]
-S_sweep = env.size(cpu=2048, gpu=16384)
-B_sweep, why_B = sweep_batch(sweep_cfg, Ks, S_sweep, env.device, env.dtype, share=0.5, max_B=env.size(cpu=8, gpu=32))
+S_sweep = env.size(cpu=2048, gpu=4096)
+B_sweep, why_B = sweep_batch(sweep_cfg, Ks, S_sweep, env.device, env.dtype, share=0.5, max_B=env.size(cpu=8, gpu=128))
 print(f"batch: {why_B}")
 
 # the grouped decode path computes what the model's own attention computes
@@ -698,7 +698,13 @@ _ = widgets.interact(
 #    get? Compare with pooling to K = 1.
 # 2. Rerun section 4 with one sequence and a short context (`S_sweep = 128`, `max_B=1`). Which
 #    bytes dominate now, and does K still matter?
-# 3. For Llama 2 13B, which MLA latent size C (plus 64 RoPE dimensions) gives the same KV bytes per
+# 3. On a GPU, rerun section 4 with fewer, longer sequences (`S_sweep = 16384`, `max_B=32`). Does
+#    the step still fall with every halving of K? Hint: the attention kernel gives each pair
+#    (sequence, KV head) a thread block that walks its S keys in order, so with B·K pairs fewer
+#    than the GPU has SMs (`torch.cuda.get_device_properties(0).multi_processor_count`) the step
+#    lasts one block's walk, however few bytes there are. FlashDecoding splits the keys across
+#    blocks for this reason.
+# 4. For Llama 2 13B, which MLA latent size C (plus 64 RoPE dimensions) gives the same KV bytes per
 #    token as K = 8? And as K = 1?
-# 4. With the widget: on an H100, what context length makes a single Llama 3 8B sequence's cache as
+# 5. With the widget: on an H100, what context length makes a single Llama 3 8B sequence's cache as
 #    large as the weights? Check with `analysis.kv_bytes_per_token` and `analysis.num_params`.
