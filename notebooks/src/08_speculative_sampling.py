@@ -234,8 +234,8 @@ for (temperature, k), out in runs.items():
 # target's own tokens (each row reports whether it did). Two drafts that need no second model: **layer skip** (the
 # target's first layers with its final norm and head: a draft step costs a fraction c of a target
 # step) and **n-gram prompt lookup** (propose what followed the same tokens earlier in the text: c
-# ≈ 0, useful when the answer repeats the prompt). The prompt asks the model to repeat and extend a
-# list, the kind of text prompt lookup is for. The predicted speed-up is S = E / (k·c + 1), from
+# ≈ 0, useful when the answer repeats the prompt). The prompt asks the model to copy a sentence word
+# for word, the kind of text prompt lookup is for. The predicted speed-up is S = E / (k·c + 1), from
 # the α and c measured here.
 
 # %%
@@ -243,7 +243,7 @@ for (temperature, k), out in runs.items():
 messages = [{"role": "user", "content": "Copy this text exactly, word for word: The key-value cache stores "
              "the keys and values of every earlier token, so that each new token needs only one step."}]
 chat_prompt = torch.tensor([real.tokenizer.encode_chat(messages)], device=env.device)
-n_tokens = env.size(cpu=48, gpu=96)
+n_tokens = env.size(cpu=48, gpu=64)
 eos = real.tokenizer.eos_ids[0]
 
 
