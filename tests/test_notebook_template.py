@@ -104,3 +104,22 @@ def test_drop_progress_bars_keeps_other_widgets():
     nb.cells = [cell]
     assert build.drop_progress_bars(nb) == 1
     assert [o["data"]["text/plain"][:11] for o in nb.cells[0].outputs] == ["interactive"]
+
+
+def test_execute_keep_going_runs_every_cell_and_still_fails():
+    """``--keep-going``: one GPU run reports every failing cell, not only the first, and a run
+    with a failure is still refused (so it is never stored as the notebook)."""
+    nb = build.nbformat.v4.new_notebook()
+    nb.cells = [build.nbformat.v4.new_code_cell("assert 1 == 2, 'first failure'"),
+                build.nbformat.v4.new_code_cell("print('ran after the failure')"),
+                build.nbformat.v4.new_code_cell("raise ValueError('second failure')")]
+    with pytest.raises(RuntimeError, match="2 cell"):
+        build.execute(nb, timeout=60, keep_going=True)
+    assert "ran after the failure" in nb.cells[1].outputs[0]["text"]
+    assert [o["ename"] for c in (nb.cells[0], nb.cells[2]) for o in c.outputs] == ["AssertionError", "ValueError"]
+    # without keep_going the first failure stops the run
+    nb2 = build.nbformat.v4.new_notebook()
+    nb2.cells = [build.nbformat.v4.new_code_cell("assert False"), build.nbformat.v4.new_code_cell("print('never')")]
+    with pytest.raises(Exception):
+        build.execute(nb2, timeout=60)
+    assert not nb2.cells[1].outputs
