@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -140,6 +141,21 @@ def drop_progress_bars(nb: nbformat.NotebookNode) -> int:
     return dropped
 
 
+def report(nb: nbformat.NotebookNode) -> dict:
+    """What a student would see go wrong in an executed notebook: its error outputs, its stderr
+    outputs (red boxes in JupyterLab), and how many widget outputs it shows."""
+    errors, stderr, widgets = [], [], 0
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                errors.append(f"cell {i}: {out.get('ename')}: {out.get('evalue', '')[:200]}")
+            elif out.get("output_type") == "stream" and out.get("name") == "stderr":
+                stderr.append(f"cell {i}: {out.get('text', '').strip()[:200]!r}")
+            elif _WIDGET_VIEW in out.get("data", {}):
+                widgets += 1
+    return {"errors": errors, "stderr": stderr, "widgets": widgets}
+
+
 def keep_outputs(nb, stored_path: Path) -> None:
     """Copy the stored notebook's outputs into the rebuilt one, for edits that touch only markdown.
     Refuses if any code cell changed: those outputs were produced by the old code."""
@@ -182,6 +198,9 @@ def main(argv=None) -> None:
     p.add_argument("--keep-going", action="store_true",
                    help="with --execute: run every cell even after a failing one (a failed run is still not stored)")
     p.add_argument("--cell-timeout", type=int, default=1200, help="seconds one cell may take (default 1200)")
+    p.add_argument("--check", action="store_true",
+                   help="run each notebook in this environment (e.g. a Colab-like venv) and report its errors, "
+                        "stderr outputs and widgets; writes nothing")
     p.add_argument("--keep-outputs", action="store_true",
                    help="keep the stored outputs (only if no code cell changed): for markdown edits")
     args = p.parse_args(argv)
@@ -190,6 +209,23 @@ def main(argv=None) -> None:
     if args.only:
         sources = [s for s in sources if any(s.name.startswith(o) for o in args.only)]
     failures = []
+    if args.check:
+        for src in sources:
+            nb, start = build(src), time.perf_counter()
+            try:
+                execute(nb, timeout=args.cell_timeout, keep_going=True)
+            except Exception:  # counted below: the report lists every failing cell
+                pass
+            r = report(nb)
+            print(f"{src.stem}: {time.perf_counter() - start:.0f} s, {len(r['errors'])} errors, "
+                  f"{len(r['stderr'])} stderr outputs, {r['widgets']} widget outputs", flush=True)
+            for line in r["errors"] + r["stderr"]:
+                print(f"    {line}", flush=True)
+            if r["errors"] or r["stderr"]:
+                failures.append(src.stem)
+        if failures:
+            sys.exit(f"problems in: {', '.join(failures)}")
+        return
     for src in sources:
         nb = build(src)
         if args.keep_outputs and not args.execute:

@@ -123,3 +123,16 @@ def test_execute_keep_going_runs_every_cell_and_still_fails():
     with pytest.raises(Exception):
         build.execute(nb2, timeout=60)
     assert not nb2.cells[1].outputs
+
+
+def test_report_lists_errors_stderr_and_widgets():
+    nb = build.nbformat.v4.new_notebook()
+    out = build.nbformat.v4.new_output
+    nb.cells = [build.nbformat.v4.new_code_cell("x"), build.nbformat.v4.new_code_cell("y")]
+    nb.cells[0].outputs = [out("stream", name="stderr", text="a warning\n"), out("stream", name="stdout", text="fine")]
+    nb.cells[1].outputs = [out("error", ename="ValueError", evalue="bad", traceback=[]),
+                           out("display_data", data={build._WIDGET_VIEW: {"model_id": "m"}, "text/plain": "w"})]
+    r = build.report(nb)
+    assert r["errors"] == ["cell 1: ValueError: bad"]
+    assert r["stderr"] == ["cell 0: 'a warning'"]
+    assert r["widgets"] == 1
